@@ -1,0 +1,3 @@
+"""fvjax: batched feature visualization in JAX."""
+
+__version__ = "0.1.0"
