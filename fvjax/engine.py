@@ -1,0 +1,356 @@
+"""The renderer: all (unit, seed) pairs optimized together in one compiled XLA program.
+
+Data flow of one step, for a batch of ``N`` images (each a (unit, seed) pair)::
+
+    raw (N, ...) --param.to_image--> images (N, H, W, 3) --transform (own key per image)-->
+    model.apply(params, .) --> {layer: (N, ...)} --objective, vmapped--> values (N,)
+
+and ``optax`` updates each image's variables with its own optimizer state (the update is
+``vmap``ped, so no statistic is shared between images). Each image's random key comes from
+``(seed, objective label, unit)`` alone, so a picture does not depend on which chunk it was
+rendered in. Model weights are passed to the program as arguments, never baked in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fvjax import objectives as objectives_lib
+from fvjax import param as param_lib
+from fvjax import transforms as transforms_lib
+from fvjax.errors import ImageSizeError, NonFiniteError
+from fvjax.models import INPUT, Model, as_size
+from fvjax.progress import Progress
+
+Array = jax.Array
+
+_TRACES = {"run": 0}
+
+
+def trace_count() -> int:
+    """How many times the optimization program has been traced (for "no retrace" checks)."""
+    return _TRACES["run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderResult:
+    """Pictures and what they scored.
+
+    Attributes:
+        images: ``(units, seeds, H, W, 3)`` float32 in [0, 1].
+        activations: ``(units, seeds)`` objective value on the final, untransformed picture.
+        history: ``(steps, units, seeds)`` objective value at each step (transformed picture).
+        units: ``(units,)`` unit id of each row.
+        seeds: the seeds, one per column.
+        label: the objective's static name, e.g. ``"channel:block3/conv"``.
+        layer: the layer the objective is about (``None`` when it has none).
+        seconds: wall time of the whole render; ``first_call_seconds`` includes compilation.
+    """
+
+    images: np.ndarray
+    activations: np.ndarray
+    history: np.ndarray
+    units: np.ndarray
+    seeds: tuple[int, ...]
+    label: str
+    layer: str | None
+    seconds: float
+    first_call_seconds: float
+
+
+class _Setup(NamedTuple):
+    """Everything static about a program; hashable, so equal setups share a compilation."""
+
+    apply: Any
+    param: Any
+    transform: Any
+    optimizer: optax.GradientTransformation
+    size: tuple[int, int]
+
+
+class _State(NamedTuple):
+    raw: Any  # (N, ...) optimized variables
+    opt_state: Any  # (N, ...) optimizer state, one per image
+    step: Array  # () int32
+    bad_step: Array  # (N,) int32: first step with a non-finite value or gradient, else -1
+
+
+_DEFAULTS: dict[str, Any] = {}
+
+
+def default_optimizer() -> optax.GradientTransformation:
+    """``optax.adam(0.05)``, one shared instance so that default renders share compilations."""
+    if "optimizer" not in _DEFAULTS:
+        _DEFAULTS["optimizer"] = optax.adam(0.05)
+    return _DEFAULTS["optimizer"]
+
+
+def _objective_values(
+    setup: _Setup, raw: Any, objective: Any, keys: Array | None, params: Any, step: Array
+) -> Array:
+    """``(N,)`` objective values of the pictures ``raw`` (transformed when ``keys`` given)."""
+    images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
+    inputs = images
+    if keys is not None:
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+        inputs = jax.vmap(setup.transform)(step_keys, images)
+    activations = setup.apply(params, inputs)
+    needed = {name: activations[name] for name in objective.layers if name != INPUT}
+    if INPUT in objective.layers:
+        needed[INPUT] = images
+    return jax.vmap(lambda o, a: o(a), in_axes=(objective.vmap_axes(), 0))(objective, needed)
+
+
+def _per_image_finite(tree: Any) -> Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.isfinite(x.reshape(x.shape[0], -1)).all(1) for x in leaves]), 0)
+
+
+def _step(setup: _Setup, state: _State, objective: Any, keys: Array, params: Any):
+    def loss(raw: Any) -> tuple[Array, Array]:
+        values = _objective_values(setup, raw, objective, keys, params, state.step)
+        return -values.sum(), values
+
+    grads, values = jax.grad(loss, has_aux=True)(state.raw)
+    updates, opt_state = jax.vmap(setup.optimizer.update)(grads, state.opt_state, state.raw)
+    raw = optax.apply_updates(state.raw, updates)
+    finite = jnp.isfinite(values) & _per_image_finite(grads)
+    bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+    return _State(raw, opt_state, state.step + 1, bad_step), values
+
+
+@partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
+def _run_steps(setup: _Setup, n_steps: int, state: _State, objective: Any, keys: Array, params):
+    """``n_steps`` optimization steps: ``(state, values (n_steps, N))``."""
+    _TRACES["run"] += 1
+    if n_steps == 1:  # no loop: on CPU convolutions compile faster outside a loop body
+        state, values = _step(setup, state, objective, keys, params)
+        return state, values[None]
+
+    def body(state: _State, _: None) -> tuple[_State, Array]:
+        return _step(setup, state, objective, keys, params)
+
+    return jax.lax.scan(body, state, None, length=n_steps)
+
+
+@partial(jax.jit, static_argnums=0)
+def _init_state(setup: _Setup, keys: Array) -> _State:
+    raw = jax.vmap(lambda k: setup.param.init(k, setup.size))(keys)
+    opt_state = jax.vmap(setup.optimizer.init)(raw)
+    n = keys.shape[0]
+    return _State(raw, opt_state, jnp.zeros((), jnp.int32), jnp.full((n,), -1, jnp.int32))
+
+
+@partial(jax.jit, static_argnums=0)
+def _final(setup: _Setup, raw: Any, objective: Any, params: Any) -> tuple[Array, Array]:
+    images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
+    values = _objective_values(setup, raw, objective, None, params, jnp.int32(0))
+    return images, values
+
+
+def image_keys(seeds: Sequence[int], label: str, unit_ids: Sequence[int]) -> Array:
+    """``(N,)`` keys, key ``i`` derived from ``(seeds[i], label, unit_ids[i])`` alone.
+
+    >>> image_keys([0, 1], "channel:a", [3, 3]).shape
+    (2,)
+    """
+    tag = objectives_lib.stable_hash(label)
+
+    def one(seed: Array, unit: Array) -> Array:
+        key = jax.random.fold_in(jax.random.key(seed), tag)
+        return jax.random.fold_in(key, unit)
+
+    seeds = jnp.asarray(np.asarray(seeds, np.uint32))
+    return jax.vmap(one)(seeds, jnp.asarray(np.asarray(unit_ids, np.uint32)))
+
+
+def default_steps_per_call() -> int:
+    """Steps per compiled call: 1 (a host loop) on CPU, where it measured 2.2x faster than
+    ``lax.scan`` at batch 1 and equal from batch 16; 32 elsewhere, to amortise dispatch."""
+    return 1 if jax.default_backend() == "cpu" else 32
+
+
+def check_sizes(model: Model, objective: Any, size: tuple[int, int], transform: Any) -> None:
+    """Validate the objective against the model on the host, before anything is traced."""
+    try:
+        seen = transforms_lib.output_size(transform, size)
+    except (TypeError, ValueError) as exc:
+        raise ImageSizeError(
+            f"image size {size[0]}x{size[1]} is too small for the transforms: {exc}"
+        ) from exc
+    if min(seen) < 1:
+        raise ImageSizeError(
+            f"image size {size[0]}x{size[1]} is too small for the transforms, which crop it "
+            f"to {seen[0]}x{seen[1]}; use a larger size or smaller jitter/pad"
+        )
+    for shape_size in {size, seen}:
+        shapes = dict(model.layer_shapes(shape_size))
+        shapes[INPUT] = (*shape_size, 3)
+        objective.validate(shapes)
+
+
+def render(
+    model: Model,
+    objective: objectives_lib.Objective,
+    *,
+    seeds: int | Iterable[int] = 1,
+    steps: int = 512,
+    size: int | tuple[int, int] = 128,
+    param: Any = None,
+    transforms: Any = None,
+    optimizer: optax.GradientTransformation | None = None,
+    batch_size: int | None = None,
+    steps_per_call: int | None = None,
+    progress: bool | Progress = False,
+) -> RenderResult:
+    """Optimize a picture for every member of ``objective`` and every seed, in one program.
+
+    Args:
+        model: a :class:`fvjax.models.Model` (see ``from_linen``, ``from_nnx``, ``from_fn``).
+        objective: a (batched) objective, e.g. ``channel("block3/conv", range(128))``.
+        seeds: how many seeds (``0..seeds-1``) or the seeds themselves.
+        steps: optimization steps.
+        size: picture size, ``int`` or ``(H, W)``.
+        param: parameterization (default ``fourier()``).
+        transforms: a ``(key, image) -> image`` transform (default ``standard()``; use
+            ``transforms.identity()`` for none).
+        optimizer: an ``optax`` optimizer (default ``adam(0.05)``). Reuse one instance across
+            calls: a new instance is a new program to compile.
+        batch_size: images per compiled chunk (default: all at once). The last chunk is padded,
+            so there is one compilation whatever the number of units.
+        steps_per_call: steps per compiled call (``lax.scan`` inside); default
+            :func:`default_steps_per_call`.
+        progress: show a progress bar on stderr (or pass a :class:`Progress` to update).
+
+    Returns:
+        a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)``.
+
+    >>> import fvjax
+    >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})
+    >>> result = render(model, fvjax.objectives.channel("rgb", [0, 2]), seeds=2, steps=8,
+    ...                 size=16, transforms=fvjax.transforms.identity())
+    >>> result.images.shape, result.activations.shape
+    ((2, 2, 16, 16, 3), (2, 2))
+    """
+    start = time.perf_counter()
+    size = as_size(size)
+    seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    param = param if param is not None else param_lib.fourier()
+    transform = transforms if transforms is not None else transforms_lib.standard()
+    optimizer = optimizer if optimizer is not None else default_optimizer()
+    steps_per_call = min(steps_per_call or default_steps_per_call(), steps)
+    check_sizes(model, objective, size, transform)
+
+    unit_ids = np.asarray(objective.unit_ids())
+    n_units, n_seeds = len(unit_ids), len(seeds)
+    n_items = n_units * n_seeds
+    item_unit = np.repeat(np.arange(n_units), n_seeds)  # images are unit-major
+    item_seed = np.tile(np.asarray(seeds), n_units)
+    # One key per image: half draws its starting point, half its transforms at each step.
+    init_keys, keys = jnp.moveaxis(
+        jax.vmap(jax.random.split)(image_keys(item_seed, objective.label, unit_ids[item_unit])),
+        1,
+        0,
+    )
+    chunk = min(batch_size or n_items, n_items)
+    n_chunks = -(-n_items // chunk)
+    setup = _Setup(model.apply, param, transform, optimizer, size)
+
+    bar = progress if isinstance(progress, Progress) else None
+    if bar is None:
+        bar = Progress(n_chunks * steps, label=objective.label, enabled=bool(progress))
+    images = np.zeros((n_items, *size, 3), np.float32)
+    finals = np.zeros((n_items,), np.float32)
+    history = np.zeros((steps, n_items), np.float32)
+    first_call = None
+    for c in range(n_chunks):
+        # Pad the last chunk by repeating its last image: same shape, same program.
+        index = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n_items - 1)
+        real = min(chunk, n_items - c * chunk)
+        chunk_objective = objective.take(item_unit[index])
+        chunk_keys = keys[index]
+        state = _init_state(setup, init_keys[index])
+        done = 0
+        while done < steps:
+            n = min(steps_per_call, steps - done)
+            call_start = time.perf_counter()
+            state, values = _run_steps(setup, n, state, chunk_objective, chunk_keys, model.params)
+            values = np.asarray(values)
+            if first_call is None:
+                first_call = time.perf_counter() - call_start
+            _raise_if_non_finite(state, index, item_unit, item_seed, unit_ids, objective.label)
+            history[done : done + n, index[:real]] = values[:, :real]
+            done += n
+            bar.update(n, note=f"chunk {c + 1}/{n_chunks}")
+        chunk_images, chunk_values = _final(setup, state.raw, chunk_objective, model.params)
+        images[index[:real]] = np.asarray(chunk_images)[:real]
+        finals[index[:real]] = np.asarray(chunk_values)[:real]
+    if not isinstance(progress, Progress):
+        bar.close()
+    return RenderResult(
+        images=images.reshape(n_units, n_seeds, *size, 3),
+        activations=finals.reshape(n_units, n_seeds),
+        history=history.reshape(steps, n_units, n_seeds),
+        units=unit_ids,
+        seeds=seeds,
+        label=objective.label,
+        layer=getattr(objective, "layer", None),
+        seconds=time.perf_counter() - start,
+        first_call_seconds=float(first_call or 0.0),
+    )
+
+
+def _raise_if_non_finite(state, index, item_unit, item_seed, unit_ids, label) -> None:
+    bad_step = np.asarray(state.bad_step)
+    bad = np.flatnonzero(bad_step >= 0)
+    if bad.size == 0:
+        return
+    first = int(bad_step[bad].min())
+    items = index[bad]
+    pairs = sorted({(int(unit_ids[item_unit[i]]), int(item_seed[i])) for i in items})
+    shown = ", ".join(f"unit {u} seed {s}" for u, s in pairs[:10])
+    more = f" and {len(pairs) - 10} more" if len(pairs) > 10 else ""
+    raise NonFiniteError(
+        f"objective {label!r} or its gradient became NaN/inf at step {first} for {shown}{more}. "
+        "Lower the learning rate, add a regularizer, or check the model at these inputs."
+    )
+
+
+def render_layer(
+    model: Model,
+    layer: str,
+    units: Iterable[int] | None = None,
+    *,
+    kind: str = "channel",
+    size: int | tuple[int, int] = 128,
+    **kwargs: Any,
+) -> RenderResult:
+    """Render every unit (or ``units``) of ``layer``: the normal case, one program.
+
+    ``kind`` is ``"channel"`` (mean over positions) or ``"neuron"`` (the centre position);
+    other keyword arguments go to :func:`render`.
+
+    >>> import fvjax
+    >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})
+    >>> render_layer(model, "rgb", size=8, steps=2).images.shape[:2]
+    (3, 1)
+    """
+    shape = model.check_layer(layer, size)
+    units = range(shape[-1]) if units is None else units
+    makers = {"channel": objectives_lib.channel, "neuron": objectives_lib.neuron}
+    if kind not in makers:
+        raise ValueError(f"kind must be one of {sorted(makers)}, got {kind!r}")
+    return render(model, makers[kind](layer, units), size=size, **kwargs)

@@ -1,0 +1,188 @@
+"""Robustness transforms: pure ``(key, image) -> image`` functions with static shapes.
+
+A transform sees one image ``(H, W, 3)``; the renderer ``vmap``s it with one key per image and
+step, so **every image draws its own shift, scale and angle** (the Lucid family draws one value
+for the whole batch). Output shapes depend only on input shapes, never on the random draw, so
+the whole optimization stays one compiled program. The built-ins are frozen dataclasses, equal
+when their settings are equal.
+
+>>> t = standard()
+>>> t(jax.random.key(0), jnp.zeros((64, 64, 3))).shape
+(76, 76, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Transform = Callable[[Array, Array], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pad:
+    """Pad ``pixels`` on every side with a constant (grey by default) or by reflection."""
+
+    pixels: int
+    mode: str = "constant"
+    value: float = 0.5
+
+    def __call__(self, key: Array, image: Array) -> Array:
+        width = ((self.pixels, self.pixels), (self.pixels, self.pixels), (0, 0))
+        if self.mode == "constant":
+            return jnp.pad(image, width, constant_values=self.value)
+        return jnp.pad(image, width, mode=self.mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class Jitter:
+    """Crop ``(H - pixels, W - pixels)`` at a random offset in ``[0, pixels]``."""
+
+    pixels: int
+
+    def __call__(self, key: Array, image: Array) -> Array:
+        height, width = image.shape[0] - self.pixels, image.shape[1] - self.pixels
+        dy, dx = jax.random.randint(key, (2,), 0, self.pixels + 1)
+        return jax.lax.dynamic_slice(image, (dy, dx, 0), (height, width, image.shape[2]))
+
+
+def _warp(image: Array, matrix: Array) -> Array:
+    """Resample ``image`` at ``matrix @ (y, x)`` about its centre, bilinear, edges repeated."""
+    height, width = image.shape[0], image.shape[1]
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    ys, xs = jnp.meshgrid(jnp.arange(height) - cy, jnp.arange(width) - cx, indexing="ij")
+    src = jnp.einsum("ij,jhw->ihw", matrix, jnp.stack([ys, xs]))
+    coords = [src[0] + cy, src[1] + cx]
+    return jnp.stack(
+        [
+            jax.scipy.ndimage.map_coordinates(image[..., c], coords, order=1, mode="nearest")
+            for c in range(image.shape[2])
+        ],
+        axis=-1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomScale:
+    """Zoom about the centre by a factor drawn from ``scales``; the shape is unchanged."""
+
+    scales: tuple[float, ...]
+
+    def __call__(self, key: Array, image: Array) -> Array:
+        scale = jax.random.choice(key, jnp.asarray(self.scales, jnp.float32))
+        return _warp(image, jnp.eye(2) / scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomRotate:
+    """Rotate about the centre by an angle in degrees drawn from ``angles``."""
+
+    angles: tuple[float, ...]
+
+    def __call__(self, key: Array, image: Array) -> Array:
+        angle = jnp.deg2rad(jax.random.choice(key, jnp.asarray(self.angles, jnp.float32)))
+        cos, sin = jnp.cos(angle), jnp.sin(angle)
+        return _warp(image, jnp.array([[cos, -sin], [sin, cos]]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Compose:
+    """Apply ``transforms`` in order, each with its own key split from the one given."""
+
+    transforms: tuple[Transform, ...]
+
+    def __call__(self, key: Array, image: Array) -> Array:
+        if not self.transforms:
+            return image
+        for sub, transform in zip(
+            jax.random.split(key, len(self.transforms)), self.transforms, strict=True
+        ):
+            image = transform(sub, image)
+        return image
+
+
+def pad(pixels: int, mode: str = "constant", value: float = 0.5) -> Pad:
+    """Pad every side (``mode``: ``"constant"`` with ``value``, ``"reflect"``, ``"edge"``).
+
+    >>> pad(4)(None, jnp.zeros((8, 8, 3))).shape
+    (16, 16, 3)
+    """
+    if mode not in ("constant", "reflect", "edge"):
+        raise ValueError(f"pad mode must be 'constant', 'reflect' or 'edge', got {mode!r}")
+    return Pad(pixels=int(pixels), mode=mode, value=float(value))
+
+
+def jitter(pixels: int) -> Jitter:
+    """Random translation by cropping ``pixels`` fewer rows and columns.
+
+    >>> jitter(4)(jax.random.key(0), jnp.zeros((8, 8, 3))).shape
+    (4, 4, 3)
+    """
+    return Jitter(pixels=int(pixels))
+
+
+def random_scale(scales: Sequence[float]) -> RandomScale:
+    """Random zoom by one of ``scales``.
+
+    >>> random_scale([0.9, 1.1])(jax.random.key(0), jnp.zeros((8, 8, 3))).shape
+    (8, 8, 3)
+    """
+    return RandomScale(scales=tuple(float(s) for s in scales))
+
+
+def random_rotate(angles: Sequence[float]) -> RandomRotate:
+    """Random rotation by one of ``angles`` (degrees).
+
+    >>> random_rotate(range(-5, 6))(jax.random.key(0), jnp.zeros((8, 8, 3))).shape
+    (8, 8, 3)
+    """
+    return RandomRotate(angles=tuple(float(a) for a in angles))
+
+
+def compose(*transforms: Transform) -> Compose:
+    """One transform applying ``transforms`` in order.
+
+    >>> compose(pad(2), jitter(2))(jax.random.key(0), jnp.zeros((8, 8, 3))).shape
+    (10, 10, 3)
+    """
+    return Compose(transforms=tuple(transforms))
+
+
+def identity() -> Compose:
+    """No transform.
+
+    >>> identity()(None, jnp.zeros((4, 4, 3))).shape
+    (4, 4, 3)
+    """
+    return Compose(transforms=())
+
+
+def standard(scale: float = 1.0) -> Compose:
+    """The usual robustness stack: pad 12, jitter 8, scale 0.9-1.1, rotate +-10 deg, jitter 4.
+
+    ``scale`` multiplies the pixel amounts, for pictures much smaller or larger than 128 px.
+
+    >>> standard(0.5)(jax.random.key(0), jnp.zeros((32, 32, 3))).shape
+    (38, 38, 3)
+    """
+    px = max(1, round(12 * scale)), max(1, round(8 * scale)), max(1, round(4 * scale))
+    return compose(
+        pad(px[0]),
+        jitter(px[1]),
+        random_scale(np.round(np.linspace(0.9, 1.1, 11), 3)),
+        random_rotate(range(-10, 11)),
+        jitter(px[2]),
+    )
+
+
+def output_size(transform: Transform, size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(H, W)`` that ``transform`` makes of an image of ``size`` (no compute)."""
+    shape = jax.eval_shape(
+        transform, jax.random.key(0), jax.ShapeDtypeStruct((*size, 3), jnp.float32)
+    ).shape
+    return int(shape[0]), int(shape[1])
