@@ -25,6 +25,10 @@ class ImageSizeError(FvjaxError):
     """The image is too small for the model or the transforms."""
 
 
+class ModelOutputError(FvjaxError, TypeError):
+    """A model does not return a dict of named activations."""
+
+
 class ConfigError(FvjaxError):
     """A config key or value is not allowed."""
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fvjax.errors import ImageSizeError, unknown_layer
+from fvjax.errors import FvjaxError, ImageSizeError, ModelOutputError, unknown_layer
 
 Array = jax.Array
 Activations = dict[str, Array]
@@ -57,12 +57,14 @@ class Model:
         images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
         try:
             shapes = jax.eval_shape(self.apply, self.params, images)
+        except FvjaxError:
+            raise
         except (TypeError, ValueError) as exc:
             raise ImageSizeError(
                 f"model {self.name!r} cannot take {height}x{width} images: {exc}"
             ) from exc
         if not isinstance(shapes, Mapping):
-            raise TypeError(
+            raise ModelOutputError(
                 f"model {self.name!r} must return a dict of named activations, "
                 f"got {type(shapes).__name__}"
             )
@@ -119,15 +121,14 @@ def from_fn(fn: Callable[..., Mapping[str, Array]], params: Any = None, name: st
     >>> model.layer_shapes(4)
     {'proj': (4, 4, 2)}
     """
-    if params is None:
 
-        def apply(_params: Any, images: Array) -> Activations:
-            return dict(fn(images))
-
-    else:
-
-        def apply(params: Any, images: Array) -> Activations:
-            return dict(fn(params, images))
+    def apply(params: Any, images: Array) -> Activations:
+        out = fn(images) if params is None else fn(params, images)
+        if not isinstance(out, Mapping):
+            raise ModelOutputError(
+                f"model {name!r} must return a dict of named activations, got {type(out).__name__}"
+            )
+        return dict(out)
 
     return Model(apply=apply, params=params, name=name)
 

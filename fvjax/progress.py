@@ -1,4 +1,4 @@
-"""A small progress bar on stderr: a redrawn line on a terminal, a line every few seconds in logs."""
+"""A small progress bar on stderr: a redrawn line on a terminal, a line every few seconds else."""
 
 from __future__ import annotations
 

@@ -55,7 +55,11 @@ def _warp(image: Array, matrix: Array) -> Array:
     """Resample ``image`` at ``matrix @ (y, x)`` about its centre, bilinear, edges repeated."""
     height, width = image.shape[0], image.shape[1]
     cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
-    ys, xs = jnp.meshgrid(jnp.arange(height) - cy, jnp.arange(width) - cx, indexing="ij")
+    ys, xs = jnp.meshgrid(
+        jnp.arange(height, dtype=jnp.float32) - cy,
+        jnp.arange(width, dtype=jnp.float32) - cx,
+        indexing="ij",
+    )
     src = jnp.einsum("ij,jhw->ihw", matrix, jnp.stack([ys, xs]))
     coords = [src[0] + cy, src[1] + cx]
     return jnp.stack(
@@ -75,7 +79,7 @@ class RandomScale:
 
     def __call__(self, key: Array, image: Array) -> Array:
         scale = jax.random.choice(key, jnp.asarray(self.scales, jnp.float32))
-        return _warp(image, jnp.eye(2) / scale)
+        return _warp(image, jnp.eye(2, dtype=jnp.float32) / scale)
 
 
 @dataclasses.dataclass(frozen=True)
