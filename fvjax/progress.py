@@ -35,6 +35,7 @@ class Progress:
         self._interval = interval if interval is not None else (0.2 if self._tty else 5.0)
         self._start = time.perf_counter()
         self._last = -float("inf")
+        self._shown = -1  # the `done` count last drawn
 
     def update(self, n: int = 1, note: str | None = None) -> None:
         """Record ``n`` more units done, with an optional note (e.g. the chunk)."""
@@ -49,6 +50,7 @@ class Progress:
     def _draw(self, now: float) -> None:
         if not self.enabled:
             return
+        self._shown = self.done
         elapsed = now - self._start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.done) / rate if rate > 0 else 0.0
@@ -65,7 +67,8 @@ class Progress:
     def close(self) -> None:
         """Draw the final state and end the line."""
         if self.enabled:
-            self._draw(time.perf_counter())
+            if self._shown != self.done:
+                self._draw(time.perf_counter())
             if self._tty:
                 self.stream.write("\n")
             self.stream.flush()

@@ -1,0 +1,155 @@
+"""The ``fvjax`` command.
+
+    fvjax render --config configs/tiny.toml [key=value ...]   render, write PNGs + gallery
+    fvjax layers --model tiny [--size 64]                     list layers and shapes
+
+Overrides use the config's keys, dotted for sections: ``steps=64 param.kind=pixel
+units=[0,3]``. Bad input (an unknown key, model, layer or unit; a missing file) prints one
+``fvjax: error: ...`` line and exits with status 2. The work itself is :func:`run`, importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import fvjax
+from fvjax import config as config_lib
+from fvjax import outputs
+from fvjax.errors import ConfigError, FvjaxError, NonFiniteError
+from fvjax.models import describe_layers
+from fvjax.progress import Progress
+
+
+def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, Any]:
+    """Render every layer of ``config`` and write its outputs; returns the manifest.
+
+    Everything is checked (model, layers, units, sizes) before the first picture is rendered;
+    the manifest and gallery are rewritten after each layer.
+    """
+    start = time.perf_counter()
+    stream = stream if stream is not None else sys.stderr
+    data, sha = config_lib.resolve(config)
+    job = config_lib.build_job(config)
+    shapes = job.model.layer_shapes(config.size)
+    _warn_if_other_job(Path(config.output), sha, stream)
+    out = outputs.RenderOutput(config.output, data, sha, model=job.model.name, started=start)
+    setup_seconds = time.perf_counter() - start
+    kwargs = job.render_kwargs()
+    for i, (layer, objective) in enumerate(job.objectives.items()):
+        n_items = objective.batch_size * config.seeds
+        n_chunks = -(-n_items // min(config.batch_size or n_items, n_items))
+        bar = Progress(
+            n_chunks * config.steps,
+            label=f"[{i + 1}/{len(job.objectives)}] {layer}",
+            stream=stream,
+            enabled=config.progress,
+        )
+        result = fvjax.render(job.model, objective, progress=bar, **kwargs)
+        bar.close()
+        out.add_layer(layer, result, shapes[layer])
+    return out.finish(setup_seconds=setup_seconds)
+
+
+def _warn_if_other_job(path: Path, sha: str, stream: TextIO) -> None:
+    try:
+        previous = outputs.read_manifest(path)
+    except (OSError, ValueError):
+        return
+    if previous.get("config_sha256") != sha:
+        stream.write(
+            f"fvjax: note: {path} holds another job's outputs; files this job writes replace "
+            "theirs, others stay but leave the manifest and gallery\n"
+        )
+
+
+def _render(args: argparse.Namespace) -> int:
+    config = config_lib.load(args.config, args.overrides)
+    manifest = run(config)
+    out = Path(config.output).resolve()
+    seconds = manifest["timings"]["total_seconds"]
+    print(
+        f"wrote {len(manifest['images'])} pictures of {len(manifest['layers'])} layer(s) "
+        f"to {out} in {seconds:.1f} s"
+    )
+    print(f"gallery: {out / outputs.INDEX}")
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    if args.model is None and args.config is None:
+        raise ConfigError("give --model NAME or --config PATH")
+    data = config_lib.read(args.config) if args.config else {}
+    overrides = list(args.overrides)
+    if args.model is not None:
+        overrides.append(f"model={json.dumps(args.model)}")
+    if args.size is not None:
+        overrides.append(f"size={args.size}")
+    config = config_lib.from_dict(data, overrides)
+    model = config_lib.build_model(config)
+    print(describe_layers(model, config.size))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fvjax`` command."""
+    parser = argparse.ArgumentParser(
+        prog="fvjax", description="Batched feature visualization for JAX models."
+    )
+    parser.add_argument("--version", action="version", version=f"fvjax {fvjax.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    render = commands.add_parser(
+        "render",
+        help="render the layers of a config and write PNGs, a manifest and an HTML gallery",
+        description="Render every unit of the configured layers; write PNGs, grids, "
+        "manifest.json and a static HTML gallery to the config's output directory.",
+        epilog="config keys and defaults:\n  "
+        + config_lib.describe().replace("\n", "\n  ")
+        + "\n\nexample: fvjax render --config configs/tiny.toml steps=32 'units=[0, 1]'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    render.add_argument("--config", required=True, help="a .toml, .py or .yaml config file")
+    render.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    render.set_defaults(run=_render)
+
+    layers = commands.add_parser(
+        "layers",
+        help="list a model's layers and activation shapes",
+        description="List a model's layers with the shape of one image's activations.",
+    )
+    layers.add_argument("--model", help="built-in model name or 'package.module:factory'")
+    layers.add_argument("--config", help="take the model (and size) from this config")
+    layers.add_argument("--size", type=int, help="image size (default: the config's, or 128)")
+    layers.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    layers.set_defaults(run=_layers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fvjax`` command; returns the exit status (0 ok, 1 failed run, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (FvjaxError, OSError) as exc:
+        return _fail(exc, 2)
+    except NonFiniteError as exc:
+        return _fail(exc, 1)
+    except KeyboardInterrupt:
+        print("\nfvjax: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(exc: BaseException, status: int) -> int:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"fvjax: error: {message}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,537 @@
+"""Render-job configs: typed, frozen, loaded from TOML, Python or YAML, with overrides.
+
+A job is a :class:`Config`; its sections are :class:`ParamConfig`, :class:`TransformsConfig`
+and :class:`OptimizerConfig`. Every key has a default, so a file names only what it changes::
+
+    model = "tiny"                 # a built-in model, or "package.module:factory"
+    layers = ["block2", "block3"]
+    units = "all"                  # or a list such as [0, 5, 7]
+    seeds = 2
+
+    [param]
+    kind = "pixel"
+
+Unknown keys anywhere are errors that suggest the nearest known key; values are checked when
+the config is built. :func:`resolve` gives the plain dict (what the manifest records) and its
+SHA-256; the ``build_*`` functions turn a config into the engine's objects.
+
+>>> config = from_dict({"layers": ["block3"], "param": {"kind": "pixel"}}, ["steps=8"])
+>>> config.steps, config.param.kind
+(8, 'pixel')
+>>> try:
+...     from_dict({"param": {"knd": "pixel"}})
+... except ConfigError as error:
+...     print(str(error).split(" Allowed")[0])
+unknown config key 'param.knd'. Did you mean 'kind'?
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import os
+import runpy
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import optax
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from fvjax import objectives as objectives_lib
+from fvjax import param as param_lib
+from fvjax import transforms as transforms_lib
+from fvjax import zoo
+from fvjax.engine import check_sizes
+from fvjax.errors import ConfigError, did_you_mean, unknown_layer
+from fvjax.models import Model, as_size
+
+#: Objective kinds a config may name: one objective per unit of each layer.
+OBJECTIVES = {"channel": objectives_lib.channel, "neuron": objectives_lib.neuron}
+PARAMS = ("fourier", "pixel")
+OUTPUTS = ("sigmoid", "clip")
+PRESETS = ("standard", "none")
+#: ``optax`` optimizers that take the learning rate as their first argument and keep
+#: per-parameter state (the engine vmaps the update, one state per picture).
+OPTIMIZERS = (
+    "adabelief",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "lion",
+    "nadam",
+    "radam",
+    "rmsprop",
+    "sgd",
+    "yogi",
+)
+SUFFIXES = (".toml", ".py", ".yaml", ".yml")
+
+
+# -- value checks: (dotted key, raw value) -> normalized value, or ConfigError --------------------
+
+
+def _bad(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
+
+
+def _integer(minimum: int) -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _bad(key, f"an integer >= {minimum}", value)
+        return value
+
+    return check
+
+
+def _number(minimum: float, inclusive: bool = True) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and (value >= minimum if inclusive else value > minimum)
+        if not ok:
+            raise _bad(key, f"a number {'>=' if inclusive else '>'} {minimum}", value)
+        return float(value)
+
+    return check
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(key, "true or false", value)
+    return value
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(key, "a non-empty string", value)
+    return value
+
+
+def _one_of(options: Iterable[str]) -> Callable[[str, Any], str]:
+    options = tuple(options)
+
+    def check(key: str, value: Any) -> str:
+        if value not in options:
+            hint = did_you_mean(value, options) if isinstance(value, str) else ""
+            raise ConfigError(
+                f"config key {key!r} must be one of {', '.join(options)}, got {value!r}.{hint}"
+            )
+        return value
+
+    return check
+
+
+def _model(key: str, value: Any) -> str:
+    value = _text(key, value)
+    if ":" not in value and value not in zoo.names():
+        zoo.load(value)  # raises the unknown-model error with suggestions
+    return value
+
+
+def _layers(key: str, value: Any) -> tuple[str, ...]:
+    layers = (value,) if isinstance(value, str) else value
+    if not isinstance(layers, list | tuple) or not layers:
+        raise _bad(key, "a non-empty list of layer names", value)
+    for layer in layers:
+        _text(key, layer)
+    repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if repeated:
+        raise ConfigError(f"config key {key!r} names layer {repeated[0]!r} more than once")
+    return tuple(layers)
+
+
+def _units(key: str, value: Any) -> str | tuple[int, ...]:
+    if value == "all":
+        return "all"
+    units = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    ok = isinstance(units, list | tuple | range) and len(units) > 0
+    ok = ok and all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in units)
+    if not ok:
+        raise _bad(key, '"all" or a non-empty list of unit indices >= 0', value)
+    repeated = sorted({u for u in units if units.count(u) > 1})
+    if repeated:
+        raise ConfigError(f"config key {key!r} names unit {repeated[0]} more than once")
+    return tuple(units)
+
+
+def _size(key: str, value: Any) -> int | tuple[int, int]:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return (_integer(1)(key, value[0]), _integer(1)(key, value[1]))
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise _bad(key, "an integer >= 1 or a pair [height, width]", value)
+
+
+def _key(check: Callable[[str, Any], Any], default: Any, doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"check": check, "doc": doc})
+
+
+def _section(cls: type) -> Any:
+    return dataclasses.field(default_factory=cls, metadata={"section": cls})
+
+
+class _Checked:
+    """Runs each field's check on construction, so a config built in Python is checked too."""
+
+    _prefix = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "check" in f.metadata:
+                object.__setattr__(self, f.name, f.metadata["check"](self._prefix + f.name, value))
+            elif "section" in f.metadata and not isinstance(value, f.metadata["section"]):
+                raise _bad(f.name, f"a {f.metadata['section'].__name__}", value)
+
+
+# -- the schema ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamConfig(_Checked):
+    """How a picture is parameterized (:mod:`fvjax.param`)."""
+
+    _prefix = "param."
+    kind: str = _key(_one_of(PARAMS), "fourier", "fourier | pixel")
+    decorrelate: bool = _key(_boolean, True, "optimize in decorrelated colour space")
+    decay: float = _key(_number(0.0), 1.0, "1/f**decay spectrum scaling (fourier only)")
+    output: str = _key(_one_of(OUTPUTS), "sigmoid", "sigmoid | clip: map to [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformsConfig(_Checked):
+    """Robustness transforms (:mod:`fvjax.transforms`)."""
+
+    _prefix = "transforms."
+    preset: str = _key(_one_of(PRESETS), "standard", "standard | none")
+    scale: float = _key(_number(0.0, inclusive=False), 1.0, "pixel amounts x scale")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(_Checked):
+    """The ``optax`` optimizer; each picture keeps its own state."""
+
+    _prefix = "optimizer."
+    name: str = _key(_one_of(OPTIMIZERS), "adam", "an optax optimizer")
+    learning_rate: float = _key(_number(0.0, inclusive=False), 0.05, "learning rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(_Checked):
+    """A render job: which pictures to make, how, and where to write them.
+
+    ``batch_size = 0`` renders every picture of a layer at once; ``steps_per_call = 0`` uses the
+    engine's default. A relative ``output`` is relative to the working directory.
+
+    >>> Config(layers=["block2"], seeds=2).layers
+    ('block2',)
+    """
+
+    model: str = _key(_model, "tiny", "built-in model name or 'package.module:factory'")
+    layers: tuple[str, ...] = _key(_layers, ("block3",), "layers to render")
+    units: str | tuple[int, ...] = _key(_units, "all", '"all" or a list of unit indices')
+    objective: str = _key(_one_of(OBJECTIVES), "channel", "channel | neuron")
+    seeds: int = _key(_integer(1), 1, "pictures per unit (seeds 0..seeds-1)")
+    steps: int = _key(_integer(1), 256, "optimization steps")
+    size: int | tuple[int, int] = _key(_size, 128, "picture size, N or [H, W]")
+    batch_size: int = _key(_integer(0), 0, "pictures per compiled chunk (0: all)")
+    steps_per_call: int = _key(_integer(0), 0, "steps per compiled call (0: engine default)")
+    param: ParamConfig = _section(ParamConfig)
+    transforms: TransformsConfig = _section(TransformsConfig)
+    optimizer: OptimizerConfig = _section(OptimizerConfig)
+    output: str = _key(_text, "fvjax-out", "output directory")
+    progress: bool = _key(_boolean, True, "progress bar on stderr")
+
+
+# -- building a config from data ------------------------------------------------------------------
+
+
+def _unknown_key(key: str, prefix: str, allowed: Iterable[str]) -> ConfigError:
+    allowed = list(allowed)
+    where = f"in [{prefix[:-1]}]" if prefix else "at the top level"
+    return ConfigError(
+        f"unknown config key {prefix + key!r}.{did_you_mean(key, allowed)} "
+        f"Allowed keys {where}: {', '.join(allowed)}"
+    )
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"config {'section [' + prefix[:-1] + ']' if prefix else 'file'} must be a table "
+            f"of keys, got {data!r}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(str(key), prefix, fields)
+        section = fields[key].metadata.get("section")
+        kwargs[key] = _build(section, value, f"{prefix}{key}.") if section else value
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML (``8``, ``true``, ``[1, 2]``, ``"a b"``), else the string.
+
+    >>> parse_value("8"), parse_value("[0, 3]"), parse_value("pixel")
+    (8, [0, 3], 'pixel')
+    """
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``key=value`` (``param.kind=pixel``) applied.
+
+    Keys are checked against the schema, so a typo fails here with a suggestion.
+
+    >>> apply_overrides({"steps": 4}, ["steps=8", "param.kind=pixel"])
+    {'steps': 8, 'param': {'kind': 'pixel'}}
+    """
+    data = copy.deepcopy(dict(data))
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} must look like key=value, e.g. steps=64")
+        parts = key.strip().split(".")
+        cls, node, prefix = Config, data, ""
+        for i, part in enumerate(parts):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            if part not in fields:
+                raise _unknown_key(part, prefix, fields)
+            section = fields[part].metadata.get("section")
+            last = i == len(parts) - 1
+            if section and last:
+                raise ConfigError(
+                    f"{prefix + part!r} is a section; set one of its keys, e.g. "
+                    f"{prefix + part}.{dataclasses.fields(section)[0].name}=..."
+                )
+            if not section and not last:
+                raise ConfigError(f"{prefix + part!r} is not a section, so {key!r} is not a key")
+            if last:
+                node[part] = parse_value(text.strip())
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"config section [{prefix + part}] must be a table")
+                cls, prefix = section, f"{prefix}{part}."
+    return data
+
+
+def from_dict(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
+    """A checked :class:`Config` from plain data (as a file holds it) and ``key=value`` overrides.
+
+    >>> from_dict({"seeds": 4}).seeds
+    4
+    """
+    return _build(Config, apply_overrides(data, overrides))
+
+
+def read(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw data of a ``.toml``, ``.py`` (a module-level ``CONFIG`` dict) or ``.yaml`` file."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise ConfigError(f"config file {str(path)!r} must end in one of {', '.join(SUFFIXES)}")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    if path.suffix == ".toml":
+        try:
+            with path.open("rb") as file:
+                return tomllib.load(file)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+    if path.suffix == ".py":
+        try:
+            namespace = runpy.run_path(str(path))
+        except Exception as exc:
+            raise ConfigError(
+                f"config file {str(path)!r} failed to run: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(namespace.get("CONFIG"), Mapping):
+            raise ConfigError(f"config file {str(path)!r} must define a dict named CONFIG")
+        return dict(namespace["CONFIG"])
+    try:
+        import yaml
+    except ImportError as exc:
+        raise ConfigError(
+            f"reading {str(path)!r} needs PyYAML: pip install pyyaml, or use a .toml config"
+        ) from exc
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    return {} if data is None else data
+
+
+def load(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
+    """A checked :class:`Config` from a file and ``key=value`` overrides.
+
+    >>> load("configs/tiny.toml", ["steps=4"]).steps  # doctest: +SKIP
+    4
+    """
+    return from_dict(read(path), overrides)
+
+
+# -- the resolved config and its hash -----------------------------------------------------------
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Every key of ``config``, defaults included, as plain JSON-able data (tuples as lists).
+
+    >>> to_dict(Config())["param"]["kind"]
+    'fourier'
+    """
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal data, equal text."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def resolve(config: Config) -> tuple[dict[str, Any], str]:
+    """``(plain dict of every key, SHA-256 hex of its canonical JSON)``.
+
+    >>> data, sha = resolve(Config())
+    >>> len(sha), data["steps"]
+    (64, 256)
+    """
+    data = to_dict(config)
+    return data, hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
+def describe() -> str:
+    """The schema as text, one ``key = default  # meaning`` line per key.
+
+    >>> print(describe().splitlines()[3])
+    objective = "channel"  # channel | neuron
+    """
+    lines: list[str] = []
+
+    def walk(cls: type, defaults: dict[str, Any], prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            if "section" in f.metadata:
+                walk(f.metadata["section"], defaults[f.name], f"{prefix}{f.name}.")
+            else:
+                default = json.dumps(defaults[f.name])
+                lines.append(f"{prefix}{f.name} = {default}  # {f.metadata['doc']}")
+
+    walk(Config, to_dict(Config()), "")
+    return "\n".join(lines)
+
+
+# -- building the engine's objects --------------------------------------------------------------
+
+
+def build_model(config: Config) -> Model:
+    """The model: a built-in (:mod:`fvjax.zoo`), or ``factory()`` for ``"pkg.module:factory"``."""
+    if ":" not in config.model:
+        return zoo.load(config.model)
+    module_name, _, attr = config.model.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import model factory {config.model!r}: {exc}") from exc
+    model = target()
+    if not isinstance(model, Model):
+        raise ConfigError(
+            f"model factory {config.model!r} returned {type(model).__name__}, not an "
+            "fvjax.models.Model (wrap it with fvjax.from_linen, from_nnx or from_fn)"
+        )
+    return model
+
+
+def build_param(config: Config) -> Any:
+    """The parameterization named by ``config.param``."""
+    p = config.param
+    if p.kind == "pixel":
+        return param_lib.pixel(decorrelate=p.decorrelate, output=p.output)
+    return param_lib.fourier(decorrelate=p.decorrelate, decay=p.decay, output=p.output)
+
+
+def build_transforms(config: Config) -> Any:
+    """The transform named by ``config.transforms``."""
+    t = config.transforms
+    return transforms_lib.standard(t.scale) if t.preset == "standard" else transforms_lib.identity()
+
+
+@functools.cache
+def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    return getattr(optax, name)(learning_rate)
+
+
+def build_optimizer(config: Config) -> optax.GradientTransformation:
+    """The optimizer; equal settings give the same instance, hence the same compiled program."""
+    return _optimizer(config.optimizer.name, config.optimizer.learning_rate)
+
+
+def build_objectives(config: Config, model: Model) -> dict[str, objectives_lib.Objective]:
+    """``{layer: objective over its units}``, every layer and unit checked against the model.
+
+    Raises ``UnknownLayerError``, ``UnitRangeError`` or ``ImageSizeError`` before any rendering.
+    """
+    shapes = model.layer_shapes(config.size)
+    built = {}
+    for layer in config.layers:
+        if layer not in shapes:
+            raise unknown_layer(layer, shapes)
+        units = range(shapes[layer][-1]) if config.units == "all" else config.units
+        built[layer] = OBJECTIVES[config.objective](layer, units)
+    return built
+
+
+class Job(NamedTuple):
+    """Everything a render job needs, built once: one optimizer, param and transform for all
+    layers, so layers of equal size share compiled programs."""
+
+    config: Config
+    model: Model
+    objectives: dict[str, objectives_lib.Objective]
+    param: Any
+    transform: Any
+    optimizer: optax.GradientTransformation
+
+    def render_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`fvjax.render`, besides model and objective."""
+        c = self.config
+        return {
+            "seeds": c.seeds,
+            "steps": c.steps,
+            "size": c.size,
+            "param": self.param,
+            "transforms": self.transform,
+            "optimizer": self.optimizer,
+            "batch_size": c.batch_size or None,
+            "steps_per_call": c.steps_per_call or None,
+        }
+
+
+def build_job(config: Config) -> Job:
+    """Model, checked objectives, param, transform and optimizer of ``config``."""
+    model = build_model(config)
+    objectives = build_objectives(config, model)
+    transform = build_transforms(config)
+    for objective in objectives.values():
+        check_sizes(model, objective, as_size(config.size), transform)
+    return Job(
+        config=config,
+        model=model,
+        objectives=objectives,
+        param=build_param(config),
+        transform=transform,
+        optimizer=build_optimizer(config),
+    )
