@@ -53,7 +53,9 @@ class RenderResult:
         seeds: the seeds, one per column.
         label: the objective's static name, e.g. ``"channel:block3/conv"``.
         layer: the layer the objective is about (``None`` when it has none).
-        seconds: wall time of the whole render; ``first_call_seconds`` includes compilation.
+        seconds: wall time of the whole render.
+        first_call_seconds: wall time of the first optimization call, which includes compiling
+            the step program (the small init and final programs compile outside it).
     """
 
     images: np.ndarray

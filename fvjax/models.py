@@ -113,6 +113,29 @@ def _identity(images: Array) -> Array:
     return images
 
 
+# Kept for the life of the process, as jit's own cache keeps the programs compiled for them.
+_FN_APPLY: dict[Callable, dict[tuple[bool, str], Callable]] = {}
+
+
+def _fn_apply(fn: Callable, with_params: bool, name: str) -> Callable[[Any, Array], Activations]:
+    """The ``apply`` wrapping ``fn``: one per (fn, with_params, name), so models made from the
+    same function share their compiled programs."""
+    cache = _FN_APPLY.setdefault(fn, {})
+    if (with_params, name) not in cache:
+
+        def apply(params: Any, images: Array) -> Activations:
+            out = fn(params, images) if with_params else fn(images)
+            if not isinstance(out, Mapping):
+                raise ModelOutputError(
+                    f"model {name!r} must return a dict of named activations, "
+                    f"got {type(out).__name__}"
+                )
+            return dict(out)
+
+        cache[(with_params, name)] = apply
+    return cache[(with_params, name)]
+
+
 def from_fn(fn: Callable[..., Mapping[str, Array]], params: Any = None, name: str = "fn") -> Model:
     """A model from a plain function: ``fn(images)``, or ``fn(params, images)`` when ``params``
     is given (pass weights that way: they then stay arguments of the jitted program).
@@ -122,15 +145,7 @@ def from_fn(fn: Callable[..., Mapping[str, Array]], params: Any = None, name: st
     {'proj': (4, 4, 2)}
     """
 
-    def apply(params: Any, images: Array) -> Activations:
-        out = fn(images) if params is None else fn(params, images)
-        if not isinstance(out, Mapping):
-            raise ModelOutputError(
-                f"model {name!r} must return a dict of named activations, got {type(out).__name__}"
-            )
-        return dict(out)
-
-    return Model(apply=apply, params=params, name=name)
+    return Model(apply=_fn_apply(fn, params is not None, name), params=params, name=name)
 
 
 def _flatten_captured(tree: Mapping, prefix: tuple[str, ...] = ()) -> Activations:
