@@ -101,3 +101,23 @@ def test_world_batches_join_up_into_generate():
     np.testing.assert_array_equal(np.concatenate([b.labels for b in batches]), whole.labels)
     masks = np.concatenate([b.masks() for b in batches])
     np.testing.assert_array_equal(masks, whole.masks())
+
+
+def test_stream_activations_runs_the_model_batch_by_batch(tmp_path):
+    import fvjax
+    from fvjax.data import stream_activations, world_batches
+    from fvjax.errors import UnknownLayerError
+
+    model = fvjax.from_fn(lambda x: {"mean": x.mean(axis=(1, 2)), "max": x.max(axis=(1, 2))})
+    world = list(world_batches(seed=3, size=24, batch_size=5, n=12))
+    out = list(stream_activations(model, world, ["mean"]))
+    assert [o["mean"].shape for o in out] == [(5, 3), (5, 3), (2, 3)]
+    np.testing.assert_allclose(out[0]["mean"], world[0].images.mean(axis=(1, 2)), rtol=1e-5)
+    # Folders stream the same way, through their `images` attribute.
+    Image.new("RGB", (30, 30), (255, 0, 0)).save(tmp_path / "red.png")
+    (batch,) = stream_activations(model, data.load_image_folder(tmp_path, 16, 4), ["max"])
+    np.testing.assert_allclose(batch["max"], [[1.0, 0.0, 0.0]], atol=1e-6)
+    with pytest.raises(UnknownLayerError, match="'men'"):
+        next(stream_activations(model, world, ["men"]))
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+        next(stream_activations(model, [np.zeros((2, 8, 8))], ["mean"]))
