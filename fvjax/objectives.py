@@ -110,6 +110,15 @@ class Objective:
         for layer in self.layers:
             if layer not in shapes:
                 raise unknown_layer(layer, shapes)
+        layer = getattr(self, "layer", None)
+        if layer is None:
+            return
+        if hasattr(self, "units"):
+            _check_units(layer, self.units, shapes[layer])
+        if hasattr(self, "vectors"):
+            _check_width(layer, self.vectors, shapes[layer])
+        if hasattr(self, "x"):
+            _check_position(layer, shapes[layer], self.x, self.y)
 
     # -- algebra --------------------------------------------------------------------------------
     def __add__(self, other: Objective) -> Objective:
@@ -205,10 +214,6 @@ class Channel(Objective):
     def __call__(self, activations: Mapping[str, Array]) -> Array:
         return _spatial_mean(activations[self.layer])[self.units]
 
-    def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        super().validate(shapes)
-        _check_units(self.layer, self.units, shapes[self.layer])
-
 
 @_pytree
 class Neuron(Objective):
@@ -224,11 +229,6 @@ class Neuron(Objective):
     def __call__(self, activations: Mapping[str, Array]) -> Array:
         return _at(activations[self.layer], self.x, self.y)[self.units]
 
-    def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        super().validate(shapes)
-        _check_units(self.layer, self.units, shapes[self.layer])
-        _check_position(self.layer, shapes[self.layer], self.x, self.y)
-
 
 @_pytree
 class Direction(Objective):
@@ -241,10 +241,6 @@ class Direction(Objective):
 
     def __call__(self, activations: Mapping[str, Array]) -> Array:
         return jnp.dot(_spatial_mean(activations[self.layer]), self.vectors)
-
-    def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        super().validate(shapes)
-        _check_width(self.layer, self.vectors, shapes[self.layer])
 
 
 @_pytree
@@ -260,11 +256,6 @@ class NeuronDirection(Objective):
 
     def __call__(self, activations: Mapping[str, Array]) -> Array:
         return jnp.dot(_at(activations[self.layer], self.x, self.y), self.vectors)
-
-    def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        super().validate(shapes)
-        _check_width(self.layer, self.vectors, shapes[self.layer])
-        _check_position(self.layer, shapes[self.layer], self.x, self.y)
 
 
 def _check_width(layer: str, vectors: Array, shape: tuple[int, ...]) -> None:
