@@ -11,7 +11,9 @@ units=[0,3]``. Bad input (an unknown key, model, layer or unit; a missing file) 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +43,7 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
     out = outputs.RenderOutput(config.output, data, sha, model=job.model.name, started=start)
     setup_seconds = time.perf_counter() - start
     kwargs = job.render_kwargs()
+    checkpoints = _checkpoint_root(config, data)
     for i, (layer, objective) in enumerate(job.objectives.items()):
         n_items = objective.batch_size * config.seeds
         n_chunks = -(-n_items // min(config.batch_size or n_items, n_items))
@@ -50,10 +53,31 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
             stream=stream,
             enabled=config.progress,
         )
+        if checkpoints is not None:
+            kwargs["checkpoint_dir"] = checkpoints / outputs.slugify(layer)
+            kwargs["checkpoint_every"] = config.checkpoint_every or None
         result = fvjax.render(job.model, objective, progress=bar, **kwargs)
         bar.close()
         out.add_layer(layer, result, shapes[layer])
-    return out.finish(setup_seconds=setup_seconds)
+    manifest = out.finish(setup_seconds=setup_seconds)
+    if checkpoints is not None:  # every output is written: the checkpoints have done their job
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        if not any(checkpoints.parent.iterdir()):
+            checkpoints.parent.rmdir()
+    return manifest
+
+
+def _checkpoint_root(config: config_lib.Config, data: dict[str, Any]) -> Path | None:
+    """``OUTPUT/.checkpoints/<hash>``: the hash covers what changes the pictures, not where
+    they are written or whether a progress bar shows, so such a change still resumes."""
+    if not config.checkpoint:
+        return None
+    same_pictures = {k: v for k, v in data.items() if k not in _NOT_IN_PICTURES}
+    digest = hashlib.sha256(config_lib.canonical_json(same_pictures).encode()).hexdigest()
+    return Path(config.output) / ".checkpoints" / digest[:16]
+
+
+_NOT_IN_PICTURES = ("output", "progress", "checkpoint", "checkpoint_every")
 
 
 def _warn_if_other_job(path: Path, sha: str, stream: TextIO) -> None:

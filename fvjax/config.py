@@ -250,6 +250,12 @@ class Config(_Checked):
     optimizer: OptimizerConfig = _section(OptimizerConfig)
     output: str = _key(_text, "fvjax-out", "output directory")
     progress: bool = _key(_boolean, True, "progress bar on stderr")
+    checkpoint: bool = _key(
+        _boolean, True, "checkpoint chunks under OUTPUT/.checkpoints so a killed job resumes"
+    )
+    checkpoint_every: int = _key(
+        _integer(0), 0, "steps between saves of the chunk in flight (0: finished chunks only)"
+    )
 
 
 # -- building a config from data ------------------------------------------------------------------

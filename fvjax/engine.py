@@ -213,6 +213,8 @@ def render(
     batch_size: int | None = None,
     steps_per_call: int | None = None,
     progress: bool | Progress = False,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int | None = None,
 ) -> RenderResult:
     """Optimize a picture for every member of ``objective`` and every seed, in one program.
 
@@ -232,6 +234,12 @@ def render(
         steps_per_call: steps per compiled call (``lax.scan`` inside); default
             :func:`default_steps_per_call`.
         progress: show a progress bar on stderr (or pass a :class:`Progress` to update).
+        checkpoint_dir: save each finished chunk there (and, every ``checkpoint_every`` steps,
+            the chunk in flight) with orbax; a render killed at any moment and called again
+            with the same arguments resumes there and gives the same pictures. The optimizer
+            is not recorded in the directory's job description: resume with the same one.
+        checkpoint_every: steps between saves of the chunk in flight (default: only finished
+            chunks are saved).
 
     Returns:
         a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)``.
@@ -277,29 +285,66 @@ def render(
     images = np.zeros((n_items, *size, 3), np.float32)
     finals = np.zeros((n_items,), np.float32)
     history = np.zeros((steps, n_items), np.float32)
+    ckpt = None
+    if checkpoint_dir is not None:
+        from fvjax.checkpoint import RenderCheckpoint
+
+        job = {
+            "label": objective.label,
+            "units": unit_ids.tolist(),
+            "seeds": list(seeds),
+            "steps": steps,
+            "size": list(size),
+            "chunk": chunk,
+            "steps_per_call": steps_per_call,
+            "param": repr(param),
+            "transforms": repr(transform),
+            "model": model.name,
+        }
+        ckpt = RenderCheckpoint(checkpoint_dir, job)
+    finished = set(ckpt.finished_chunks()) if ckpt else set()
     first_call = None
     for c in range(n_chunks):
         # Pad the last chunk by repeating its last image: same shape, same program.
         index = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n_items - 1)
-        real = min(chunk, n_items - c * chunk)
+        real = index[: min(chunk, n_items - c * chunk)]
+        if c in finished:
+            like = {"images": images[real], "finals": finals[real], "history": history[:, real]}
+            saved = ckpt.load_chunk(c, like)
+            images[real], finals[real] = saved["images"], saved["finals"]
+            history[:, real] = saved["history"]
+            bar.update(steps, note=f"chunk {c + 1}/{n_chunks} (from checkpoint)")
+            continue
         chunk_objective = objective.take(item_unit[index])
         chunk_keys = keys[index]
         state = _init_state(setup, init_keys[index])
+        chunk_history = np.zeros((steps, chunk), np.float32)
         done = 0
+        inflight = ckpt.load_inflight(c, state, chunk_history) if ckpt else None
+        if inflight is not None:
+            done, state, chunk_history = inflight
+            bar.update(done, note=f"chunk {c + 1}/{n_chunks} (resumed at step {done})")
         while done < steps:
             n = min(steps_per_call, steps - done)
             call_start = time.perf_counter()
             state, values = _run_steps(setup, n, state, chunk_objective, chunk_keys, model.params)
-            values = np.asarray(values)
+            chunk_history[done : done + n] = np.asarray(values)
             if first_call is None:
                 first_call = time.perf_counter() - call_start
             _raise_if_non_finite(state, index, item_unit, item_seed, unit_ids, objective.label)
-            history[done : done + n, index[:real]] = values[:, :real]
             done += n
+            if ckpt and checkpoint_every and done < steps and done % checkpoint_every < n:
+                ckpt.save_inflight(c, done, state, chunk_history)
             bar.update(n, note=f"chunk {c + 1}/{n_chunks}")
         chunk_images, chunk_values = _final(setup, state.raw, chunk_objective, model.params)
-        images[index[:real]] = np.asarray(chunk_images)[:real]
-        finals[index[:real]] = np.asarray(chunk_values)[:real]
+        count = len(real)
+        images[real] = np.asarray(chunk_images)[:count]
+        finals[real] = np.asarray(chunk_values)[:count]
+        history[:, real] = chunk_history[:, :count]
+        if ckpt:
+            ckpt.save_chunk(
+                c, {"images": images[real], "finals": finals[real], "history": history[:, real]}
+            )
     if not isinstance(progress, Progress):
         bar.close()
     return RenderResult(

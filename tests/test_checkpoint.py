@@ -1,0 +1,172 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fvjax
+from fvjax import objectives as O
+from fvjax import param as P
+from fvjax import transforms as T
+from fvjax.checkpoint import CheckpointMismatchError
+from fvjax.progress import Progress
+
+KWARGS = dict(
+    seeds=2,
+    steps=8,
+    size=16,
+    batch_size=4,
+    param=P.pixel(),
+    transforms=T.compose(T.pad(2), T.jitter(4)),
+)
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAt(Progress):
+    """A silent progress bar that records its notes and 'kills' the render at step ``at``."""
+
+    def __init__(self, at: int = 10**9) -> None:
+        super().__init__(total=1, enabled=False)
+        self.at = at
+        self.notes: list[str] = []
+
+    def update(self, n: int = 1, note: str | None = None) -> None:
+        super().update(n, note)
+        self.notes.append(note or "")
+        if self.done >= self.at:
+            raise Killed
+
+
+def _assert_same(a, b):
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.activations, b.activations)
+    np.testing.assert_array_equal(a.history, b.history)
+
+
+def test_a_render_interrupted_anywhere_resumes_to_the_same_pictures(rgb_model, tmp_path):
+    objective = O.channel("rgb", [0, 1, 2])  # 6 pictures: chunks of 4 and 2 (padded)
+    whole = fvjax.render(rgb_model, objective, **KWARGS)
+    ckpt = tmp_path / "ckpt"
+    # Killed mid chunk 0 (after an in-flight save at step 3), then mid chunk 1 before any save.
+    bars = [KillAt(5), KillAt(10), KillAt()]
+    for bar in bars[:2]:
+        with pytest.raises(Killed):
+            fvjax.render(
+                rgb_model,
+                objective,
+                checkpoint_dir=ckpt,
+                checkpoint_every=3,
+                progress=bar,
+                **KWARGS,
+            )
+    assert (ckpt / "chunk_00000").is_dir() and not (ckpt / "chunk_00001").exists()
+    resumed = fvjax.render(
+        rgb_model, objective, checkpoint_dir=ckpt, checkpoint_every=3, progress=bars[2], **KWARGS
+    )
+    _assert_same(resumed, whole)
+    assert bars[1].notes[0] == "chunk 1/2 (resumed at step 3)"
+    assert bars[2].notes[0] == "chunk 1/2 (from checkpoint)"
+    assert bars[2].done == 16
+    # Everything finished: a third call only reads the checkpoint.
+    _assert_same(fvjax.render(rgb_model, objective, checkpoint_dir=ckpt, **KWARGS), whole)
+
+
+def test_a_checkpoint_of_another_job_is_refused(rgb_model, tmp_path):
+    fvjax.render(rgb_model, O.channel("rgb", [0]), checkpoint_dir=tmp_path, **KWARGS)
+    with pytest.raises(CheckpointMismatchError, match=r"another job \(differs in: units\)"):
+        fvjax.render(rgb_model, O.channel("rgb", [1]), checkpoint_dir=tmp_path, **KWARGS)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import fvjax
+    from fvjax import objectives as O, param as P, transforms as T
+    model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
+    fvjax.render(model, O.channel("rgb", [0, 1, 2]), seeds=2, steps=400, size=16, batch_size=2,
+                 param=P.pixel(), transforms=T.compose(T.pad(2), T.jitter(4)),
+                 checkpoint_dir=sys.argv[1], checkpoint_every=50)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_killed_process_resumes_where_it_stopped(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(fvjax.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (ckpt / "chunk_00000").is_dir() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the job never finished its first chunk"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    assert not (ckpt / "chunk_00002").exists()
+    model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
+    kwargs = dict(
+        seeds=2,
+        steps=400,
+        size=16,
+        batch_size=2,
+        param=P.pixel(),
+        transforms=T.compose(T.pad(2), T.jitter(4)),
+    )
+    resumed = fvjax.render(
+        model, O.channel("rgb", [0, 1, 2]), checkpoint_dir=ckpt, checkpoint_every=50, **kwargs
+    )
+    whole = fvjax.render(model, O.channel("rgb", [0, 1, 2]), **kwargs)
+    _assert_same(resumed, whole)
+
+
+def test_the_cli_resumes_a_killed_job_from_its_checkpoints(tmp_path, monkeypatch):
+    from fvjax import cli, engine
+
+    out = tmp_path / "out"
+    args = [
+        "render",
+        "--config",
+        "configs/tiny.toml",
+        f"output={out}",
+        "steps=6",
+        "size=16",
+        "seeds=1",
+        "batch_size=8",
+        'layers=["block2"]',
+        "checkpoint_every=2",
+        "progress=false",
+    ]
+    real_run_steps = engine._run_steps
+    calls = {"n": 0}
+
+    def dying_run_steps(*a, **k):  # the process "dies" at the 9th optimization call
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise Killed
+        return real_run_steps(*a, **k)
+
+    monkeypatch.setattr(engine, "_run_steps", dying_run_steps)
+    with pytest.raises(Killed):
+        cli.main(args)
+    (digest,) = (out / ".checkpoints").iterdir()
+    saved = sorted(p.name for p in (digest / "block2").iterdir())
+    assert saved == ["chunk_00000", "inflight", "job.json"]  # chunk 1 saved at step 2
+    calls["n"] = -(10**9)  # no more deaths
+    assert cli.main(args) == 0
+    assert calls["n"] == -(10**9) + 6 * 1 - 2  # chunk 1 resumed at step 2: 4 more steps
+    assert not (out / ".checkpoints").exists()  # cleaned once every output is written
+    resumed = (out / "block2" / "unit0009_seed0.png").read_bytes()
+    assert cli.main([*args[:3], f"output={tmp_path / 'whole'}", *args[4:]]) == 0
+    assert (tmp_path / "whole" / "block2" / "unit0009_seed0.png").read_bytes() == resumed
