@@ -245,6 +245,7 @@ class Config(_Checked):
     size: int | tuple[int, int] = _key(_size, 128, "picture size, N or [H, W]")
     batch_size: int = _key(_integer(0), 0, "pictures per compiled chunk (0: all)")
     steps_per_call: int = _key(_integer(0), 0, "steps per compiled call (0: engine default)")
+    devices: int = _key(_integer(0), 0, "local devices sharing each chunk (0: all)")
     param: ParamConfig = _section(ParamConfig)
     transforms: TransformsConfig = _section(TransformsConfig)
     optimizer: OptimizerConfig = _section(OptimizerConfig)
@@ -526,6 +527,7 @@ class Job(NamedTuple):
             "optimizer": self.optimizer,
             "batch_size": c.batch_size or None,
             "steps_per_call": c.steps_per_call or None,
+            "devices": c.devices or None,
         }
 
 

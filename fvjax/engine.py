@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, PartitionSpec
 
 from fvjax import objectives as objectives_lib
 from fvjax import param as param_lib
@@ -77,6 +78,29 @@ class _Setup(NamedTuple):
     transform: Any
     optimizer: optax.GradientTransformation
     size: tuple[int, int]
+    mesh: Mesh | None = None  # images split over its "batch" axis; None: one device
+
+
+_BATCH, _REPLICATED = PartitionSpec("batch"), PartitionSpec()
+
+
+def _on_devices(setup: _Setup, fn: Any, in_specs: Any, out_specs: Any) -> Any:
+    """``fn`` as is on one device; else ``shard_map``ped over the images. Images never talk to
+    each other, so each device runs its share with no communication (a plain jit of the split
+    batch instead inserted all-gathers around the FFT)."""
+    if setup.mesh is None:
+        return fn
+    return jax.shard_map(
+        fn, mesh=setup.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+    )
+
+
+def _objective_specs(objective: Any) -> Any:
+    return jax.tree.map(
+        lambda axis: _REPLICATED if axis is None else _BATCH,
+        objective.vmap_axes(),
+        is_leaf=lambda x: x is None,
+    )
 
 
 class _State(NamedTuple):
@@ -130,33 +154,65 @@ def _step(setup: _Setup, state: _State, objective: Any, keys: Array, params: Any
     return _State(raw, opt_state, state.step + 1, bad_step), values
 
 
+_STATE_SPECS = _State(_BATCH, _BATCH, _REPLICATED, _BATCH)
+
+
 @partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
 def _run_steps(setup: _Setup, n_steps: int, state: _State, objective: Any, keys: Array, params):
     """``n_steps`` optimization steps: ``(state, values (n_steps, N))``."""
     _TRACES["run"] += 1
-    if n_steps == 1:  # no loop: on CPU convolutions compile faster outside a loop body
-        state, values = _step(setup, state, objective, keys, params)
-        return state, values[None]
 
-    def body(state: _State, _: None) -> tuple[_State, Array]:
-        return _step(setup, state, objective, keys, params)
+    def run(state: _State, objective: Any, keys: Array, params: Any):
+        if n_steps == 1:  # no loop: on CPU convolutions compile faster outside a loop body
+            state, values = _step(setup, state, objective, keys, params)
+            return state, values[None]
 
-    return jax.lax.scan(body, state, None, length=n_steps)
+        def body(state: _State, _: None) -> tuple[_State, Array]:
+            return _step(setup, state, objective, keys, params)
+
+        return jax.lax.scan(body, state, None, length=n_steps)
+
+    specs = (_STATE_SPECS, _objective_specs(objective), _BATCH, _REPLICATED)
+    out_specs = (_STATE_SPECS, PartitionSpec(None, "batch"))
+    return _on_devices(setup, run, specs, out_specs)(state, objective, keys, params)
 
 
 @partial(jax.jit, static_argnums=0)
 def _init_state(setup: _Setup, keys: Array) -> _State:
-    raw = jax.vmap(lambda k: setup.param.init(k, setup.size))(keys)
-    opt_state = jax.vmap(setup.optimizer.init)(raw)
-    n = keys.shape[0]
-    return _State(raw, opt_state, jnp.zeros((), jnp.int32), jnp.full((n,), -1, jnp.int32))
+    def init(keys: Array) -> _State:
+        raw = jax.vmap(lambda k: setup.param.init(k, setup.size))(keys)
+        opt_state = jax.vmap(setup.optimizer.init)(raw)
+        n = keys.shape[0]
+        return _State(raw, opt_state, jnp.zeros((), jnp.int32), jnp.full((n,), -1, jnp.int32))
+
+    return _on_devices(setup, init, (_BATCH,), _STATE_SPECS)(keys)
 
 
 @partial(jax.jit, static_argnums=0)
 def _final(setup: _Setup, raw: Any, objective: Any, params: Any) -> tuple[Array, Array]:
-    images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
-    values = _objective_values(setup, raw, objective, None, params, jnp.int32(0))
-    return images, values
+    def final(raw: Any, objective: Any, params: Any) -> tuple[Array, Array]:
+        images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
+        values = _objective_values(setup, raw, objective, None, params, jnp.int32(0))
+        return images, values
+
+    specs = (_BATCH, _objective_specs(objective), _REPLICATED)
+    return _on_devices(setup, final, specs, (_BATCH, _BATCH))(raw, objective, params)
+
+
+def device_mesh(devices: int | Sequence[Any] | None = None) -> Mesh | None:
+    """A one-axis ("batch") mesh over ``devices`` (a count of local devices, or the devices);
+    all local devices by default; ``None`` when that is a single device."""
+    if devices is None:
+        devices = jax.local_devices()
+    elif isinstance(devices, int | np.integer):
+        available = jax.local_devices()
+        if not 1 <= devices <= len(available):
+            raise ValueError(
+                f"devices={devices} but {len(available)} local device(s) are available"
+            )
+        devices = available[:devices]
+    devices = list(devices)
+    return Mesh(np.array(devices), ("batch",)) if len(devices) > 1 else None
 
 
 def image_keys(seeds: Sequence[int], label: str, unit_ids: Sequence[int]) -> Array:
@@ -215,6 +271,7 @@ def render(
     progress: bool | Progress = False,
     checkpoint_dir: str | None = None,
     checkpoint_every: int | None = None,
+    devices: int | Sequence[Any] | None = None,
 ) -> RenderResult:
     """Optimize a picture for every member of ``objective`` and every seed, in one program.
 
@@ -240,6 +297,9 @@ def render(
             is not recorded in the directory's job description: resume with the same one.
         checkpoint_every: steps between saves of the chunk in flight (default: only finished
             chunks are saved).
+        devices: how many local devices (or which) share each chunk's images; default all.
+            Pictures equal a one-device render's within float rounding, and are bit for bit
+            reproducible for a fixed device count.
 
     Returns:
         a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)``.
@@ -275,9 +335,12 @@ def render(
         1,
         0,
     )
+    mesh = device_mesh(devices)
+    n_devices = 1 if mesh is None else mesh.size
     chunk = min(batch_size or n_items, n_items)
+    chunk = -(-chunk // n_devices) * n_devices  # every device gets the same share
     n_chunks = -(-n_items // chunk)
-    setup = _Setup(model.apply, param, transform, optimizer, size)
+    setup = _Setup(model.apply, param, transform, optimizer, size, mesh)
 
     bar = progress if isinstance(progress, Progress) else None
     if bar is None:
@@ -300,6 +363,7 @@ def render(
             "param": repr(param),
             "transforms": repr(transform),
             "model": model.name,
+            "devices": n_devices,
         }
         ckpt = RenderCheckpoint(checkpoint_dir, job)
     finished = set(ckpt.finished_chunks()) if ckpt else set()
