@@ -79,6 +79,8 @@ class _Setup(NamedTuple):
     optimizer: optax.GradientTransformation
     size: tuple[int, int]
     mesh: Mesh | None = None  # images split over its "batch" axis; None: one device
+    model_dtype: str = "float32"  # the model's compute dtype; pictures stay float32
+    remat: bool = False  # recompute the model's activations in the backward pass
 
 
 _BATCH, _REPLICATED = PartitionSpec("batch"), PartitionSpec()
@@ -120,6 +122,20 @@ def default_optimizer() -> optax.GradientTransformation:
     return _DEFAULTS["optimizer"]
 
 
+def _model_activations(setup: _Setup, params: Any, images: Array) -> dict[str, Array]:
+    """The model on ``images``, in ``setup.model_dtype``, activations back in float32."""
+    apply = jax.checkpoint(setup.apply) if setup.remat else setup.apply
+    if setup.model_dtype == "float32":
+        return apply(params, images)
+    dtype = jnp.dtype(setup.model_dtype)
+
+    def cast(x: Any) -> Any:
+        return x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
+
+    activations = apply(jax.tree.map(cast, params), images.astype(dtype))
+    return {name: a.astype(jnp.float32) for name, a in activations.items()}
+
+
 def _objective_values(
     setup: _Setup, raw: Any, objective: Any, keys: Array | None, params: Any, step: Array
 ) -> Array:
@@ -129,7 +145,7 @@ def _objective_values(
     if keys is not None:
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
         inputs = jax.vmap(setup.transform)(step_keys, images)
-    activations = setup.apply(params, inputs)
+    activations = _model_activations(setup, params, inputs)
     needed = {name: activations[name] for name in objective.layers if name != INPUT}
     if INPUT in objective.layers:
         needed[INPUT] = images
@@ -272,6 +288,8 @@ def render(
     checkpoint_dir: str | None = None,
     checkpoint_every: int | None = None,
     devices: int | Sequence[Any] | None = None,
+    model_dtype: str = "float32",
+    remat: bool = False,
 ) -> RenderResult:
     """Optimize a picture for every member of ``objective`` and every seed, in one program.
 
@@ -300,6 +318,11 @@ def render(
         devices: how many local devices (or which) share each chunk's images; default all.
             Pictures equal a one-device render's within float rounding, and are bit for bit
             reproducible for a fixed device count.
+        model_dtype: ``"float32"`` or ``"bfloat16"``: the dtype the model computes in (its
+            weights and inputs are cast); the parameterization, optimizer and objective stay
+            float32.
+        remat: recompute the model's activations in the backward pass (``jax.checkpoint``):
+            less memory for larger batches, at the price of a second forward pass.
 
     Returns:
         a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)``.
@@ -340,7 +363,9 @@ def render(
     chunk = min(batch_size or n_items, n_items)
     chunk = -(-chunk // n_devices) * n_devices  # every device gets the same share
     n_chunks = -(-n_items // chunk)
-    setup = _Setup(model.apply, param, transform, optimizer, size, mesh)
+    if model_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
+    setup = _Setup(model.apply, param, transform, optimizer, size, mesh, model_dtype, remat)
 
     bar = progress if isinstance(progress, Progress) else None
     if bar is None:
@@ -364,6 +389,7 @@ def render(
             "transforms": repr(transform),
             "model": model.name,
             "devices": n_devices,
+            "model_dtype": model_dtype,
         }
         ckpt = RenderCheckpoint(checkpoint_dir, job)
     finished = set(ckpt.finished_chunks()) if ckpt else set()

@@ -144,3 +144,17 @@ def test_progress_is_reported(rgb_model):
     fvjax.render(rgb_model, O.channel("rgb", [0, 1, 2]), batch_size=2, progress=bar, **FAST)
     bar.close()
     assert "100.0%" in stream.getvalue() and "chunk 2/2" in stream.getvalue()
+
+
+def test_bfloat16_model_and_remat_render_close_to_float32():
+    model = fvjax.from_fn(lambda w, x: {"proj": x @ w}, params=jnp.eye(3) * 2.0)
+    objective = O.channel("proj", [0, 2])
+    base = fvjax.render(model, objective, seeds=2, **FAST)
+    bf16 = fvjax.render(model, objective, seeds=2, model_dtype="bfloat16", **FAST)
+    remat = fvjax.render(model, objective, seeds=2, remat=True, **FAST)
+    assert bf16.images.dtype == np.float32
+    assert not np.array_equal(bf16.history, base.history)  # the model really ran in bf16
+    np.testing.assert_allclose(bf16.activations, base.activations, atol=0.05)
+    np.testing.assert_allclose(remat.images, base.images, atol=1e-6)
+    with pytest.raises(ValueError, match="model_dtype must be"):
+        fvjax.render(model, objective, model_dtype="float16", **FAST)
