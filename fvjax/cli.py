@@ -58,7 +58,8 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
             kwargs["checkpoint_every"] = config.checkpoint_every or None
         result = fvjax.render(job.model, objective, progress=bar, **kwargs)
         bar.close()
-        out.add_layer(layer, result, shapes[layer])
+        names = [job.model.unit_name(layer, int(u)) for u in result.units]
+        out.add_layer(layer, result, shapes[layer], None if not any(names) else names)
     manifest = out.finish(setup_seconds=setup_seconds)
     if checkpoints is not None:  # every output is written: the checkpoints have done their job
         shutil.rmtree(checkpoints, ignore_errors=True)

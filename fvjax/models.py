@@ -13,7 +13,7 @@ address layers by module path (``"block3/conv"``), the model's code untouched.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -43,6 +43,13 @@ class Model:
     apply: Callable[[Any, Array], Activations]
     params: Any = None
     name: str = "model"
+    #: Optional names of a layer's units, e.g. ``{"logits": ("red", "green", ...)}``.
+    unit_names: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+
+    def unit_name(self, layer: str, unit: int) -> str | None:
+        """The name of ``unit`` of ``layer``, when the model names it."""
+        names = self.unit_names.get(layer)
+        return str(names[unit]) if names is not None and 0 <= unit < len(names) else None
 
     def activations(self, images: Array) -> Activations:
         """All named activations for a batch of images ``(B, H, W, 3)`` in [0, 1]."""

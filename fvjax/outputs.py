@@ -258,8 +258,16 @@ class RenderOutput:
             slug = f"{slugify(layer)}-{n}"
         return slug
 
-    def add_layer(self, layer: str, result: Any, shape: Sequence[int] | None = None) -> dict:
+    def add_layer(
+        self,
+        layer: str,
+        result: Any,
+        shape: Sequence[int] | None = None,
+        unit_names: Sequence[str | None] | None = None,
+    ) -> dict:
         """Write ``result``'s pictures and grid for ``layer``; refresh manifest and gallery.
+
+        ``unit_names``, one per row of ``result`` (``None`` where unnamed), label the units.
 
         Returns the layer's manifest entry.
         """
@@ -272,15 +280,16 @@ class RenderOutput:
             for j, seed in enumerate(result.seeds):
                 name = image_name(unit, seed)
                 save_png(folder / name, result.images[i, j])
-                entries.append(
-                    {
-                        "layer": layer,
-                        "unit": int(unit),
-                        "seed": int(seed),
-                        "file": f"{slug}/{name}",
-                        "activation": float(activations[i, j]),
-                    }
-                )
+                entry = {
+                    "layer": layer,
+                    "unit": int(unit),
+                    "seed": int(seed),
+                    "file": f"{slug}/{name}",
+                    "activation": float(activations[i, j]),
+                }
+                if unit_names is not None and unit_names[i] is not None:
+                    entry["unit_name"] = unit_names[i]
+                entries.append(entry)
         grid = grid_image(result.images)
         atomic_write(folder / GRID, png_bytes(grid))
         entry = {
@@ -479,8 +488,10 @@ def layer_page(layer: Mapping[str, Any], images: Sequence[Mapping[str, Any]], mo
             "</figure>"
             for m in members
         )
+        named = members[0].get("unit_name")
+        title = f"unit {unit}" + (f" &middot; {html.escape(named)}" if named else "")
         tiles.append(
-            f'<div class="tile" id="unit{unit}"><h3>unit {unit}'
+            f'<div class="tile" id="unit{unit}"><h3>{title}'
             f"<span>max {_number(best)}</span></h3>"
             f'<div class="seeds">{figures}</div></div>'
         )

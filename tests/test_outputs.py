@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 from html.parser import HTMLParser
@@ -174,3 +175,24 @@ def test_output_directory_has_pictures_manifest_and_linked_gallery(tmp_path):
     layer_page = (tmp_path / "block3-conv" / "index.html").read_text()
     assert layer_page.count("<img") == 6 and "unit 5" in layer_page
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_named_units_are_shown_in_the_manifest_and_gallery(tmp_path):
+    import fvjax
+    from fvjax import outputs
+
+    model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
+    model = dataclasses.replace(model, unit_names={"rgb": ("red", "green", "blue")})
+    assert model.unit_name("rgb", 2) == "blue" and model.unit_name("rgb", 3) is None
+    result = fvjax.render(
+        model,
+        fvjax.objectives.channel("rgb", [2, 0]),
+        steps=2,
+        size=8,
+        transforms=fvjax.transforms.identity(),
+    )
+    out = outputs.RenderOutput(tmp_path, {"model": "rgb"}, "0" * 64, model="rgb")
+    out.add_layer("rgb", result, (8, 8, 3), [model.unit_name("rgb", u) for u in result.units])
+    assert [i["unit_name"] for i in out.images] == ["blue", "red"]
+    page = (tmp_path / "rgb" / "index.html").read_text()
+    assert "unit 2 &middot; blue" in page and "unit 0 &middot; red" in page

@@ -12,6 +12,7 @@ compiled programs (a model is hashed by identity).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from fvjax.errors import ConfigError, did_you_mean
@@ -63,13 +64,15 @@ def _worldnet() -> Model:
             raise
         raise ConfigError("model 'worldnet' is not available in this install") from exc
     try:
-        module, variables, _ = load_worldnet()
+        module, variables, info = load_worldnet()
     except FileNotFoundError as exc:
         raise ConfigError(
             f"model 'worldnet' cannot load: {exc.filename} is missing "
             "(scripts/train_worldnet.py makes it)"
         ) from exc
-    return from_linen(module, variables, name="worldnet")
+    model = from_linen(module, variables, name="worldnet")
+    concepts = tuple(info["concepts"])
+    return dataclasses.replace(model, unit_names={"logits": concepts, "output": concepts})
 
 
 register("tiny", _tiny)
