@@ -1,0 +1,75 @@
+"""Where the time of a render step goes: each parameterization and transform switched on alone.
+
+In one run, interleaved, at batch ``B``: image-steps/s of ``render`` with the pixel
+parameterization and no transforms (the floor), then with the Fourier parameterization, each
+transform alone, and the full default stack. Prints a table and appends it to
+``benchmarks/RESULTS.md``.
+
+    python benchmarks/breakdown.py [--model worldnet] [--layer block3/conv] [--batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import fvjax
+from fvjax import objectives as O
+from fvjax import param as P
+from fvjax import transforms as T
+from fvjax import zoo
+from fvjax.benchmarking import append_results, machine_header
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="worldnet")
+    parser.add_argument("--layer", default="block3/conv")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    model = zoo.load(args.model)
+    n_channels = model.layer_shapes(args.size)[args.layer][-1]
+    objective = O.channel(args.layer, [u % n_channels for u in range(args.batch)])
+    scale = args.size / 128
+    stack = T.standard(scale)
+    cases = {
+        "pixel, no transforms (floor)": dict(param=P.pixel(), transforms=T.identity()),
+        "fourier + decorrelation": dict(param=P.fourier(), transforms=T.identity()),
+        "pixel + pad & jitters": dict(
+            param=P.pixel(), transforms=T.compose(*stack.transforms[:2], stack.transforms[4])
+        ),
+        "pixel + random scale": dict(param=P.pixel(), transforms=stack.transforms[2]),
+        "pixel + random rotate": dict(param=P.pixel(), transforms=stack.transforms[3]),
+        "fourier + standard (default)": dict(param=P.fourier(), transforms=stack),
+    }
+    kwargs = dict(seeds=1, steps=args.steps, size=args.size)
+    for case in cases.values():
+        fvjax.render(model, objective, **kwargs, **case)  # compile
+    best = {name: 0.0 for name in cases}
+    for _ in range(args.rounds):
+        for name, case in cases.items():
+            start = time.perf_counter()
+            fvjax.render(model, objective, **kwargs, **case)
+            best[name] = max(best[name], args.batch * args.steps / (time.perf_counter() - start))
+    floor = best["pixel, no transforms (floor)"]
+    text = "\n".join(
+        [
+            f"model `{args.model}` layer `{args.layer}`, batch {args.batch}, {args.size} px, "
+            f"{args.steps} steps, adam, transforms `standard({scale:g})`; best of "
+            f"{args.rounds} interleaved rounds, compile excluded.",
+            "",
+            "| setting | image-steps/s | / floor |",
+            "|---|---:|---:|",
+            *(f"| {name} | {rate:.1f} | {rate / floor:.2f} |" for name, rate in best.items()),
+        ]
+    )
+    print(text)
+    append_results("Where a render step's time goes", machine_header() + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
