@@ -36,14 +36,24 @@ def main() -> None:
     objective = O.channel(args.layer, [u % n_channels for u in range(args.batch)])
     scale = args.size / 128
     stack = T.standard(scale)
+    pads = T.compose(T.pad(stack.pad), T.jitter(stack.jitter[0]), T.jitter(stack.jitter[1]))
     cases = {
         "pixel, no transforms (floor)": dict(param=P.pixel(), transforms=T.identity()),
         "fourier + decorrelation": dict(param=P.fourier(), transforms=T.identity()),
-        "pixel + pad & jitters": dict(
-            param=P.pixel(), transforms=T.compose(*stack.transforms[:2], stack.transforms[4])
+        "pixel + pad & jitters": dict(param=P.pixel(), transforms=pads),
+        "pixel + random scale": dict(param=P.pixel(), transforms=T.random_scale(stack.scales)),
+        "pixel + random rotate": dict(param=P.pixel(), transforms=T.random_rotate(stack.angles)),
+        "pixel + standard (fused)": dict(param=P.pixel(), transforms=stack),
+        "fourier + the 4 transforms unfused": dict(
+            param=P.fourier(),
+            transforms=T.compose(
+                T.pad(stack.pad),
+                T.jitter(stack.jitter[0]),
+                T.random_scale(stack.scales),
+                T.random_rotate(stack.angles),
+                T.jitter(stack.jitter[1]),
+            ),  # fmt: skip
         ),
-        "pixel + random scale": dict(param=P.pixel(), transforms=stack.transforms[2]),
-        "pixel + random rotate": dict(param=P.pixel(), transforms=stack.transforms[3]),
         "fourier + standard (default)": dict(param=P.fourier(), transforms=stack),
     }
     kwargs = dict(seeds=1, steps=args.steps, size=args.size)

@@ -72,3 +72,22 @@ def test_settings_compare_by_value_and_bad_modes_are_refused():
     assert T.random_rotate(range(3)) == T.random_rotate([0, 1, 2])
     with pytest.raises(ValueError, match="pad mode"):
         T.pad(2, mode="wrap")
+
+
+def test_the_fused_affine_matches_its_parts():
+    image = _ramp(15)
+    # Neutral draws: the identity.
+    neutral = T.random_affine(0, (0, 0), [1.0], [0.0])(jax.random.key(0), image)
+    np.testing.assert_allclose(neutral, image, atol=1e-5)
+    # Padding alone: the same as pad().
+    padded = T.random_affine(3, (0, 0), [1.0], [0.0])(jax.random.key(0), image)
+    np.testing.assert_allclose(padded, T.pad(3)(None, image), atol=1e-5)
+    # A quarter turn alone: the same as random_rotate([90]).
+    turned = T.random_affine(0, (0, 0), [1.0], [90.0])(jax.random.key(0), image)
+    want = T.random_rotate([90.0])(jax.random.key(0), image)
+    np.testing.assert_allclose(turned, want, atol=1e-4)
+    # Jitter alone: a crop of the padded picture.
+    out = np.asarray(T.random_affine(2, (4, 0), [1.0], [0.0])(jax.random.key(5), image))
+    big = np.asarray(T.pad(2)(None, image))
+    crops = [big[y : y + 15, x : x + 15] for y in range(5) for x in range(5)]
+    assert min(np.abs(out - c).max() for c in crops) < 1e-5
