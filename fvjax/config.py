@@ -116,6 +116,12 @@ def _text(key: str, value: Any) -> str:
     return value
 
 
+def _optional_text(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _bad(key, "a string (empty for none)", value)
+    return value
+
+
 def _one_of(options: Iterable[str]) -> Callable[[str, Any], str]:
     options = tuple(options)
 
@@ -237,6 +243,7 @@ class Config(_Checked):
     """
 
     model: str = _key(_model, "tiny", "built-in model name or 'package.module:factory'")
+    weights: str = _key(_optional_text, "", "weights file for the model (.safetensors, .npz, .pth)")
     layers: tuple[str, ...] = _key(_layers, ("block3",), "layers to render")
     units: str | tuple[int, ...] = _key(_units, "all", '"all" or a list of unit indices')
     objective: str = _key(_one_of(OBJECTIVES), "channel", "channel | neuron")
@@ -446,9 +453,10 @@ def describe() -> str:
 
 
 def build_model(config: Config) -> Model:
-    """The model: a built-in (:mod:`fvjax.zoo`), or ``factory()`` for ``"pkg.module:factory"``."""
+    """The model: a built-in (:mod:`fvjax.zoo`), or ``factory()`` for ``"pkg.module:factory"``
+    (``factory(weights=path)`` when ``weights`` is set)."""
     if ":" not in config.model:
-        return zoo.load(config.model)
+        return zoo.load(config.model, weights=config.weights or None)
     module_name, _, attr = config.model.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
@@ -456,7 +464,7 @@ def build_model(config: Config) -> Model:
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot import model factory {config.model!r}: {exc}") from exc
-    model = target()
+    model = target(weights=config.weights) if config.weights else target()
     if not isinstance(model, Model):
         raise ConfigError(
             f"model factory {config.model!r} returned {type(model).__name__}, not an "

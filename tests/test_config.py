@@ -1,6 +1,8 @@
 import sys
 import textwrap
 
+import jax
+import numpy as np
 import pytest
 
 import fvjax
@@ -15,7 +17,7 @@ def test_defaults_are_valid_and_resolve_to_every_key():
     assert set(data) == {
         "model", "layers", "units", "objective", "seeds", "steps", "size", "batch_size",
         "steps_per_call", "param", "transforms", "optimizer", "output", "progress",
-        "checkpoint", "checkpoint_every", "devices",
+        "checkpoint", "checkpoint_every", "devices", "weights",
     }  # fmt: skip
     assert data["param"] == {"kind": "fourier", "decorrelate": True, "decay": 1.0,
                              "output": "sigmoid"}  # fmt: skip
@@ -267,3 +269,18 @@ def test_describe_lists_every_key():
     text = config_lib.describe()
     for key in ("model", "param.kind", "transforms.scale", "optimizer.learning_rate", "output"):
         assert f"\n{key} = " in "\n" + text
+
+
+def test_a_weights_file_reaches_the_model(tmp_path):
+    from fvjax import weights as weights_lib
+    from fvjax.config import build_model
+    from fvjax.zoo import inception
+
+    params = inception.random_params(seed=3)
+    path = tmp_path / "inception.npz"
+    np.savez(path, **weights_lib.state_dict_from_params(params, inception.lucent_table()))
+    model = build_model(from_dict({"model": "inceptionv1", "weights": str(path)}))
+    first = jax.tree.leaves(params)[0]
+    assert any(np.array_equal(np.asarray(leaf), first) for leaf in jax.tree.leaves(model.params))
+    with pytest.raises(ConfigError, match="'tiny' ships its own weights"):
+        build_model(from_dict({"model": "tiny", "weights": str(path)}))

@@ -1,0 +1,254 @@
+"""Pretrained weights from PyTorch-layout state dicts, without unpickling anything.
+
+A state dict is ``{name: array}`` read from ``.safetensors`` (a reader written here with numpy
+and json, no dependency) or ``.npz`` (``allow_pickle=False``); ``.pth``/``.pt`` only when torch
+is importable, through ``torch.load(path, weights_only=True)``.
+
+A model's import is a *table* of :class:`Entry` rows, one per layer with weights: the torch
+name prefix (``"mixed4a_1x1_pre_relu_conv"``), the path in the Flax params tree
+(``("mixed4a", "1x1_pre_relu")``) and the layout (``"conv"``: OIHW -> HWIO, ``"linear"``:
+``(out, in)`` -> ``(in, out)``). :func:`params_from_state_dict` checks the whole state dict
+against the table and the model's own shapes and raises one :class:`WeightsError` listing
+every missing key, unexpected key and shape mismatch. A new architecture (ResNet-50, VGG-16)
+is a new table.
+
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+>>> write_safetensors(path, {"fc.weight": np.ones((2, 3), np.float32)})
+>>> load_state_dict(path)["fc.weight"].shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fvjax.errors import FvjaxError
+
+
+class WeightsError(FvjaxError):
+    """A weights file cannot be read, or its state dict does not fit the model."""
+
+
+# safetensors dtype names <-> numpy; BF16 has no numpy dtype: read as uint16, widened below.
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items() if k != "BF16"}
+
+
+def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32: bfloat16 is the top half of a float32."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{name: array}`` from a ``.safetensors`` file (BF16 comes back as float32).
+
+    The format: an 8-byte little-endian header length, a JSON header
+    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}}`` (plus an optional
+    ``"__metadata__"``), then the raw little-endian bytes, offsets counted from their start.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8:
+        raise WeightsError(f"{path}: not a safetensors file (shorter than its 8-byte header)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if 8 + n > len(data):
+        raise WeightsError(f"{path}: header length {n} runs past the end of the file")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except ValueError as exc:
+        raise WeightsError(f"{path}: unreadable safetensors header: {exc}") from exc
+    body = memoryview(data)[8 + n :]
+    out: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = info.get("dtype")
+        if dtype not in _DTYPES:
+            raise WeightsError(
+                f"{path}: tensor {name!r} has dtype {dtype!r}; supported: {', '.join(_DTYPES)}"
+            )
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        np_dtype = np.dtype(_DTYPES[dtype]).newbyteorder("<")
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - begin != count * np_dtype.itemsize or end > len(body):
+            raise WeightsError(f"{path}: tensor {name!r} has {end - begin} bytes for {shape}")
+        array = np.frombuffer(body[begin:end], dtype=np_dtype).reshape(shape)
+        array = _bf16_to_f32(array) if dtype == "BF16" else array.astype(np_dtype.newbyteorder("="))
+        out[name] = array
+    return out
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Any],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``{name: array}`` as ``.safetensors`` (dtypes of :func:`read_safetensors`, no BF16)."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(np.asarray(tensors[name]))
+        if array.dtype not in _NAMES:
+            raise WeightsError(f"cannot write {name!r}: dtype {array.dtype} is not supported")
+        raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        header[name] = {
+            "dtype": _NAMES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        chunks.append(raw)
+        offset += len(raw)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the spec pads the header to 8 bytes with spaces
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for raw in chunks:
+            f.write(raw)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{name: array}`` from ``.safetensors``, ``.npz``, or (with torch) ``.pth``/``.pt``.
+
+    Nothing is unpickled: ``.npz`` is read with ``allow_pickle=False`` and torch files with
+    ``weights_only=True``.
+    """
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if not os.path.exists(path):
+        raise WeightsError(f"weights file {path!r} does not exist")
+    if suffix == ".safetensors":
+        return read_safetensors(path)
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
+        except ValueError as exc:
+            raise WeightsError(f"{path}: cannot read without unpickling: {exc}") from exc
+    if suffix in (".pth", ".pt"):
+        try:
+            import torch
+        except ImportError as exc:
+            raise WeightsError(
+                f"{path}: reading .pth needs torch; convert it to .safetensors or .npz "
+                "(e.g. numpy.savez(out, **{k: v.numpy() for k, v in state_dict.items()}))"
+            ) from exc
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, Mapping):
+            raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
+        return {name: value.detach().float().numpy() for name, value in state.items()}
+    raise WeightsError(f"{path}: unknown weights format {suffix!r}; use .safetensors, .npz or .pth")
+
+
+class Entry(NamedTuple):
+    """One layer of an import table: torch name prefix, Flax params path, layout."""
+
+    torch_name: str
+    flax_path: tuple[str, ...]
+    kind: str  # "conv" (OIHW kernel) or "linear" ((out, in) weight)
+
+
+def _to_flax(kind: str, suffix: str, array: np.ndarray) -> np.ndarray:
+    if suffix == "bias":
+        return array
+    if kind == "conv":
+        return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    return array.T  # (out, in) -> (in, out)
+
+
+def _to_torch(kind: str, suffix: str, array: np.ndarray) -> np.ndarray:
+    if suffix == "bias":
+        return array
+    if kind == "conv":
+        return array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    return array.T
+
+
+# torch parameter name suffix -> Flax leaf name
+_LEAVES = {"weight": "kernel", "bias": "bias"}
+
+
+def _get(tree: Mapping, path: Sequence[str]) -> Any:
+    for part in path:
+        tree = tree[part]
+    return tree
+
+
+def params_from_state_dict(
+    state_dict: Mapping[str, Any], table: Sequence[Entry], like: Mapping
+) -> dict:
+    """The Flax params tree for ``state_dict`` (float32), checked against ``table`` and ``like``.
+
+    ``like`` is a params tree of the right shapes (e.g. a random init). Raises one
+    :class:`WeightsError` listing all missing keys, unexpected keys and shape mismatches.
+    """
+    expected = {f"{e.torch_name}.{suffix}": (e, suffix) for e in table for suffix in _LEAVES}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched, params = [], {}
+    for key, (entry, suffix) in expected.items():
+        if key in missing:
+            continue
+        array = _to_flax(entry.kind, suffix, np.asarray(state_dict[key], np.float32))
+        want = tuple(np.shape(_get(like, (*entry.flax_path, _LEAVES[suffix]))))
+        if array.shape != want:
+            torch_want = _to_torch(entry.kind, suffix, np.empty(want, np.float32)).shape
+            mismatched.append(
+                f"{key}: got {tuple(np.shape(state_dict[key]))}, expected {torch_want}"
+            )
+            continue
+        node = params
+        for part in entry.flax_path:
+            node = node.setdefault(part, {})
+        node[_LEAVES[suffix]] = array
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+        raise WeightsError("the state dict does not fit the model: " + "; ".join(parts))
+    return params
+
+
+def state_dict_from_params(params: Mapping, table: Sequence[Entry]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`params_from_state_dict`: a torch-layout state dict of ``params``."""
+    out = {}
+    for entry in table:
+        for suffix, leaf in _LEAVES.items():
+            array = np.asarray(_get(params, (*entry.flax_path, leaf)), np.float32)
+            out[f"{entry.torch_name}.{suffix}"] = np.ascontiguousarray(
+                _to_torch(entry.kind, suffix, array)
+            )
+    return out
+
+
+def lucent_inceptionv1_table() -> list[Entry]:
+    """The import table of Lucent's ``inceptionv1`` state dict (``conv2d0_pre_relu_conv``,
+    ``mixed3a_1x1_pre_relu_conv``, ..., ``softmax2_pre_activation_matmul``)."""
+    from fvjax.zoo.inception import lucent_table
+
+    return lucent_table()
