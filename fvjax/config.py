@@ -432,7 +432,7 @@ def resolve(config: Config) -> tuple[dict[str, Any], str]:
 def describe() -> str:
     """The schema as text, one ``key = default  # meaning`` line per key.
 
-    >>> print(describe().splitlines()[3])
+    >>> print(describe().splitlines()[4])
     objective = "channel"  # channel | neuron
     """
     lines: list[str] = []
