@@ -10,7 +10,6 @@ transform alone, and the full default stack. Prints a table and appends it to
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import fvjax
@@ -19,15 +18,11 @@ from fvjax import param as P
 from fvjax import transforms as T
 from fvjax import zoo
 from fvjax.benchmarking import append_results, machine_header
+from fvjax.benchmarking import parser as benchmark_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="worldnet")
-    parser.add_argument("--layer", default="block3/conv")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=64)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 

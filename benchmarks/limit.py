@@ -17,7 +17,6 @@ Rates are image-steps/s with compilation excluded. Prints a table and appends it
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -28,6 +27,7 @@ from fvjax import param as P
 from fvjax import transforms as T
 from fvjax import zoo
 from fvjax.benchmarking import append_results, machine_header
+from fvjax.benchmarking import parser as benchmark_parser
 
 
 def limit_rate(model, layer: str, batch: int, size: int, steps: int) -> float:
@@ -56,12 +56,7 @@ def render_rate(model, objective, n_images: int, steps: int, size: int, **kwargs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="worldnet")
-    parser.add_argument("--layer", default="block3/conv")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=64)
+    parser = benchmark_parser(__doc__, steps=32)
     parser.add_argument("--old-units", type=int, default=4, help="units rendered one at a time")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()

@@ -6,12 +6,11 @@ several batch sizes, interleaved in one run so machine noise hits both alike. Co
 excluded: each setting is warmed up first. Prints a table and appends it to
 ``benchmarks/RESULTS.md``.
 
-    python benchmarks/loop_vs_scan.py [--model tiny] [--size 64] [--steps 32] [--batches 1 16 64]
+    python benchmarks/loop_vs_scan.py [--model worldnet] [--size 64] [--steps 32] [--batches 1 16 64]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -19,6 +18,7 @@ import jax
 import fvjax
 from fvjax import zoo
 from fvjax.benchmarking import append_results, machine_header
+from fvjax.benchmarking import parser as benchmark_parser
 
 
 def steady_rate(model, objective, n_images: int, steps: int, steps_per_call: int, size: int):
@@ -34,11 +34,7 @@ def steady_rate(model, objective, n_images: int, steps: int, steps_per_call: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--layer", default="block3")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=32)
+    parser = benchmark_parser(__doc__, steps=32, batch=None)
     parser.add_argument("--scan", type=int, default=16, help="steps per call of the scan variant")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     args = parser.parse_args()

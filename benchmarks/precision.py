@@ -11,7 +11,6 @@ and appends it to ``benchmarks/RESULTS.md``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 
@@ -22,6 +21,7 @@ from fvjax import objectives as O
 from fvjax import transforms as T
 from fvjax import zoo
 from fvjax.benchmarking import append_results, machine_header
+from fvjax.benchmarking import parser as benchmark_parser
 from fvjax.zoo import planted
 
 DTYPES = ("float32", "bfloat16")
@@ -65,13 +65,7 @@ def orientation_error(dtype: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="worldnet")
-    parser.add_argument("--layer", default="block3/conv")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=64)
-    args = parser.parse_args()
+    args = benchmark_parser(__doc__).parse_args()
     model = zoo.load(args.model)
     rows = {}
     for dtype in DTYPES:

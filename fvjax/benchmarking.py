@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -37,3 +38,19 @@ def append_results(title: str, body: str, path: Path = RESULTS) -> None:
         )
     with path.open("a") as f:
         f.write(f"\n## {title}\n\n{body}\n")
+
+
+def parser(doc: str, steps: int = 16, batch: int | None = 64) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: model, layer, size, steps (and batch).
+
+    >>> parser("A benchmark.").parse_args([]).layer
+    'block3/conv'
+    """
+    found = argparse.ArgumentParser(description=doc.splitlines()[0])
+    found.add_argument("--model", default="worldnet")
+    found.add_argument("--layer", default="block3/conv")
+    found.add_argument("--size", type=int, default=64)
+    found.add_argument("--steps", type=int, default=steps)
+    if batch is not None:
+        found.add_argument("--batch", type=int, default=batch)
+    return found
