@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import fvjax
 from fvjax import config as config_lib
 from fvjax import outputs
+from fvjax.engine import device_mesh, plan_chunks
 from fvjax.errors import ConfigError, FvjaxError, NonFiniteError
 from fvjax.models import describe_layers
 from fvjax.progress import Progress
@@ -44,22 +45,23 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
     setup_seconds = time.perf_counter() - start
     kwargs = job.render_kwargs()
     checkpoints = _checkpoint_root(config, data)
+    mesh = device_mesh(config.devices or None)
+    n_devices = 1 if mesh is None else mesh.size
+    total = sum(
+        plan_chunks(o.batch_size * config.seeds, config.batch_size or None, n_devices)[1]
+        for o in job.objectives.values()
+    )
+    # One bar over the whole job, every layer's chunks and steps.
+    bar = Progress(total * config.steps, stream=stream, enabled=config.progress)
     for i, (layer, objective) in enumerate(job.objectives.items()):
-        n_items = objective.batch_size * config.seeds
-        n_chunks = -(-n_items // min(config.batch_size or n_items, n_items))
-        bar = Progress(
-            n_chunks * config.steps,
-            label=f"[{i + 1}/{len(job.objectives)}] {layer}",
-            stream=stream,
-            enabled=config.progress,
-        )
+        bar.label = f"[{i + 1}/{len(job.objectives)}] {layer}"
         if checkpoints is not None:
             kwargs["checkpoint_dir"] = checkpoints / outputs.slugify(layer)
             kwargs["checkpoint_every"] = config.checkpoint_every or None
         result = fvjax.render(job.model, objective, progress=bar, **kwargs)
-        bar.close()
         names = [job.model.unit_name(layer, int(u)) for u in result.units]
         out.add_layer(layer, result, shapes[layer], None if not any(names) else names)
+    bar.close()
     manifest = out.finish(setup_seconds=setup_seconds)
     if checkpoints is not None:  # every output is written: the checkpoints have done their job
         shutil.rmtree(checkpoints, ignore_errors=True)

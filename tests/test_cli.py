@@ -188,3 +188,14 @@ def test_python_config_of_the_same_job_has_the_same_hash(tmp_path, rendered):
     )
     config = config_lib.load(job)
     assert config_lib.resolve(config)[1] == rendered["manifest"]["config_sha256"]
+
+
+def test_one_progress_bar_spans_the_whole_job(tmp_path):
+    config = config_lib.load(
+        "configs/tiny.toml", [f"output={tmp_path}", "steps=3", "size=16", "seeds=1"]
+    )
+    stream = io.StringIO()
+    cli.run(config, stream=stream)
+    lines = [line for line in stream.getvalue().splitlines() if "%" in line]
+    assert lines[-1].startswith("[2/2] block3") and "100.0% 6/6 steps" in lines[-1]
+    assert all("/6 steps" in line for line in lines)  # 2 layers x 3 steps, one total
