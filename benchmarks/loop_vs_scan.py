@@ -6,7 +6,7 @@ several batch sizes, interleaved in one run so machine noise hits both alike. Co
 excluded: each setting is warmed up first. Prints a table and appends it to
 ``benchmarks/RESULTS.md``.
 
-    python benchmarks/loop_vs_scan.py [--model worldnet] [--size 64] [--steps 32] [--batches 1 16 64]
+    python benchmarks/loop_vs_scan.py [--model worldnet] [--steps 32] [--batches 1 16 64]
 """
 
 from __future__ import annotations
