@@ -61,10 +61,16 @@ def _warp(image: Array, matrix: Array) -> Array:
         indexing="ij",
     )
     src = jnp.einsum("ij,jhw->ihw", matrix, jnp.stack([ys, xs]))
-    coords = [src[0] + cy, src[1] + cx]
+    return _bilinear(image, src[0] + cy, src[1] + cx, mode="nearest")
+
+
+def _bilinear(image: Array, ys: Array, xs: Array, mode: str, cval: float = 0.0) -> Array:
+    """``image`` sampled bilinearly at ``(ys, xs)``, each channel alike: ``(h, w, C)``."""
     return jnp.stack(
         [
-            jax.scipy.ndimage.map_coordinates(image[..., c], coords, order=1, mode="nearest")
+            jax.scipy.ndimage.map_coordinates(
+                image[..., c], [ys, xs], order=1, mode=mode, cval=cval
+            )
             for c in range(image.shape[2])
         ],
         axis=-1,
@@ -131,15 +137,7 @@ class RandomAffine:
         points = jnp.stack([ys, xs]) + shift_second[:, None, None] - centre
         src = jnp.einsum("ij,jhw->ihw", matrix, points) + centre
         src = src + shift_first[:, None, None] - self.pad
-        return jnp.stack(
-            [
-                jax.scipy.ndimage.map_coordinates(
-                    image[..., c], [src[0], src[1]], order=1, mode="constant", cval=self.value
-                )
-                for c in range(image.shape[2])
-            ],
-            axis=-1,
-        )
+        return _bilinear(image, src[0], src[1], mode="constant", cval=self.value)
 
 
 @dataclasses.dataclass(frozen=True)
