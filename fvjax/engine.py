@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
-from functools import cache, partial
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -112,10 +112,14 @@ class _State(NamedTuple):
     bad_step: Array  # (N,) int32: first step with a non-finite value or gradient, else -1
 
 
-@cache
+_DEFAULTS: dict[str, Any] = {}
+
+
 def default_optimizer() -> optax.GradientTransformation:
     """``optax.adam(0.05)``, one shared instance so that default renders share compilations."""
-    return optax.adam(0.05)
+    if "optimizer" not in _DEFAULTS:
+        _DEFAULTS["optimizer"] = optax.adam(0.05)
+    return _DEFAULTS["optimizer"]
 
 
 def _model_activations(setup: _Setup, params: Any, images: Array) -> dict[str, Array]:
@@ -349,8 +353,6 @@ def render(
         raise ValueError("seeds must name at least one seed")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    if model_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
     param = param if param is not None else param_lib.fourier()
     transform = transforms if transforms is not None else transforms_lib.standard()
     optimizer = optimizer if optimizer is not None else default_optimizer()
@@ -371,6 +373,8 @@ def render(
     mesh = device_mesh(devices)
     n_devices = 1 if mesh is None else mesh.size
     chunk, n_chunks = plan_chunks(n_items, batch_size, n_devices)
+    if model_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
     setup = _Setup(model.apply, param, transform, optimizer, size, mesh, model_dtype, remat)
 
     bar = progress if isinstance(progress, Progress) else None

@@ -61,16 +61,10 @@ def _warp(image: Array, matrix: Array) -> Array:
         indexing="ij",
     )
     src = jnp.einsum("ij,jhw->ihw", matrix, jnp.stack([ys, xs]))
-    return _bilinear(image, src[0] + cy, src[1] + cx, mode="nearest")
-
-
-def _bilinear(image: Array, ys: Array, xs: Array, mode: str, cval: float = 0.0) -> Array:
-    """``image`` sampled bilinearly at ``(ys, xs)``, each channel alike: ``(h, w, C)``."""
+    coords = [src[0] + cy, src[1] + cx]
     return jnp.stack(
         [
-            jax.scipy.ndimage.map_coordinates(
-                image[..., c], [ys, xs], order=1, mode=mode, cval=cval
-            )
+            jax.scipy.ndimage.map_coordinates(image[..., c], coords, order=1, mode="nearest")
             for c in range(image.shape[2])
         ],
         axis=-1,
@@ -137,7 +131,15 @@ class RandomAffine:
         points = jnp.stack([ys, xs]) + shift_second[:, None, None] - centre
         src = jnp.einsum("ij,jhw->ihw", matrix, points) + centre
         src = src + shift_first[:, None, None] - self.pad
-        return _bilinear(image, src[0], src[1], mode="constant", cval=self.value)
+        return jnp.stack(
+            [
+                jax.scipy.ndimage.map_coordinates(
+                    image[..., c], [src[0], src[1]], order=1, mode="constant", cval=self.value
+                )
+                for c in range(image.shape[2])
+            ],
+            axis=-1,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

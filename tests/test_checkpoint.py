@@ -116,7 +116,14 @@ def test_a_killed_process_resumes_where_it_stopped(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
     assert not (ckpt / "chunk_00002").exists()
     model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
-    kwargs = {**KWARGS, "steps": 400, "batch_size": 2}  # what SCRIPT renders
+    kwargs = dict(
+        seeds=2,
+        steps=400,
+        size=16,
+        batch_size=2,
+        param=P.pixel(),
+        transforms=T.compose(T.pad(2), T.jitter(4)),
+    )
     resumed = fvjax.render(
         model, O.channel("rgb", [0, 1, 2]), checkpoint_dir=ckpt, checkpoint_every=50, **kwargs
     )
