@@ -205,7 +205,7 @@ def _relative_errors(ours, theirs) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("lrn", ["lucent", "tf"])
-def test_parity_with_a_pytorch_reference(tmp_path, lrn):
+def test_parity_with_a_pytorch_reference(tmp_path, lrn, full_float32):
     torch = pytest.importorskip("torch", reason="parity with PyTorch needs torch")
     from torch_reference import TorchInceptionV1
 
