@@ -234,6 +234,12 @@ def params_from_state_dict(
     return params
 
 
+def load_params(path: str | os.PathLike, table: Sequence[Entry], like: Mapping) -> dict:
+    """The Flax params tree in the weights file ``path``, checked against ``table`` and ``like``
+    (see :func:`params_from_state_dict`)."""
+    return params_from_state_dict(load_state_dict(path), table, like)
+
+
 def state_dict_from_params(params: Mapping, table: Sequence[Entry]) -> dict[str, np.ndarray]:
     """The inverse of :func:`params_from_state_dict`: a torch-layout state dict of ``params``."""
     out = {}

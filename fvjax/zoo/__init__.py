@@ -1,8 +1,11 @@
-"""Built-in models by name: ``load("tiny")``, ``load("worldnet")``.
+"""Built-in models by name: ``load("worldnet")``, ``load("inceptionv1", weights=path)``.
 
 A loader runs on first use only (``worldnet`` reads its weights then) and the model is kept,
 so every job in a process shares one :class:`fvjax.models.Model` per name, and with it the
 compiled programs (a model is hashed by identity).
+
+Real networks (InceptionV1, ...) are :class:`Architecture` entries: built here in Flax, filled
+from a weights file the user supplies (random weights without one).
 
 >>> names()
 ['inceptionv1', 'tiny', 'worldnet']
@@ -13,14 +16,40 @@ compiled programs (a model is hashed by identity).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 
 from fvjax.errors import ConfigError, did_you_mean
 from fvjax.models import Model, from_linen
+from fvjax.weights import Entry, load_params
 
 _LOADERS: dict[str, Callable[[], Model]] = {}
 _WEIGHTS_LOADERS: dict[str, Callable[[str], Model]] = {}
 _LOADED: dict[str, Model] = {}
+_ARCHITECTURES: dict[str, Architecture] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A network built in Flax whose weights come from the user's files.
+
+    ``build(params) -> Model`` wraps a Flax params tree; ``random_params(seed)`` draws one of
+    the right shapes (the template every import is checked against); ``table()`` is the import
+    table of the network's PyTorch-layout state dict (:mod:`fvjax.weights`).
+    """
+
+    build: Callable[[dict], Model]
+    random_params: Callable[[int], dict]
+    table: Callable[[], Sequence[Entry]]
+
+    def params(self, weights: str | os.PathLike | None = None) -> dict:
+        """The params tree from ``weights`` (a state dict file or a converted checkpoint), or
+        random weights (seed 0) when ``None``."""
+        like = self.random_params(0)
+        return like if weights is None else load_params(weights, self.table(), like)
+
+    def load(self, weights: str | os.PathLike | None = None) -> Model:
+        return self.build(self.params(weights))
 
 
 def register(
@@ -32,6 +61,22 @@ def register(
     _LOADED.pop(name, None)
     if with_weights is not None:
         _WEIGHTS_LOADERS[name] = with_weights
+
+
+def register_architecture(name: str, architecture: Architecture) -> None:
+    """Make ``architecture`` loadable as ``name``, with or without a weights file."""
+    _ARCHITECTURES[name] = architecture
+    register(name, architecture.load, with_weights=architecture.load)
+
+
+def architecture(name: str) -> Architecture:
+    """The :class:`Architecture` registered as ``name`` (for ``fvjax convert``)."""
+    if name not in _ARCHITECTURES:
+        raise ConfigError(
+            f"model {name!r} takes no weights file.{did_you_mean(name, _ARCHITECTURES)} "
+            f"Models that do: {', '.join(sorted(_ARCHITECTURES))}"
+        )
+    return _ARCHITECTURES[name]
 
 
 def names() -> list[str]:
@@ -89,12 +134,24 @@ def _worldnet() -> Model:
     return dataclasses.replace(model, unit_names={"logits": concepts, "output": concepts})
 
 
-def _inceptionv1(weights: str | None = None) -> Model:
-    from fvjax.zoo.inception import inceptionv1
+def _lazy(module: str, attr: str) -> Callable:
+    """``module.attr``, imported when first called: a network's code loads only when used."""
 
-    return inceptionv1(weights=weights)
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    return call
 
 
 register("tiny", _tiny)
 register("worldnet", _worldnet)
-register("inceptionv1", _inceptionv1, with_weights=_inceptionv1)
+register_architecture(
+    "inceptionv1",
+    Architecture(
+        build=_lazy("fvjax.zoo.inception", "build"),
+        random_params=_lazy("fvjax.zoo.inception", "random_params"),
+        table=_lazy("fvjax.zoo.inception", "lucent_table"),
+    ),
+)

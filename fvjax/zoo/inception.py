@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fvjax.models import Model, from_linen, normalize
-from fvjax.weights import Entry, load_state_dict, params_from_state_dict
+from fvjax.weights import Entry, load_params
 
 
 class LRNSettings(NamedTuple):
@@ -211,6 +211,17 @@ def random_params(seed: int = 0) -> dict:
     return params
 
 
+def build(params: Any, lrn: LRNSettings = INCEPTION5H_LRN) -> Model:
+    """The fvjax model of a Flax params tree (``random_params()``'s structure)."""
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return from_linen(
+        InceptionV1(lrn=lrn),
+        {"params": params},
+        preprocess=normalize(mean=(INPUT_MEAN,) * 3, std=(1.0,) * 3, scale=INPUT_SCALE),
+        name="inceptionv1",
+    )
+
+
 def inceptionv1(
     weights: str | os.PathLike | None = None, lrn: LRNSettings = INCEPTION5H_LRN
 ) -> Model:
@@ -226,15 +237,5 @@ def inceptionv1(
     (7, 7, 1024)
     """
     like = random_params()
-    params = like if weights is None else _load(weights, like)
-    params = jax.tree_util.tree_map(jnp.asarray, params)
-    return from_linen(
-        InceptionV1(lrn=lrn),
-        {"params": params},
-        preprocess=normalize(mean=(INPUT_MEAN,) * 3, std=(1.0,) * 3, scale=INPUT_SCALE),
-        name="inceptionv1",
-    )
-
-
-def _load(weights: str | os.PathLike, like: Any) -> dict:
-    return params_from_state_dict(load_state_dict(weights), lucent_table(), like)
+    params = like if weights is None else load_params(weights, lucent_table(), like)
+    return build(params, lrn)
