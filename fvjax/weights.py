@@ -162,15 +162,32 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 class Entry(NamedTuple):
-    """One layer of an import table: torch name prefix, Flax params path, layout."""
+    """One layer of an import table: torch name prefix, Flax params path, layout.
+
+    ``kind``: ``"conv"`` (OIHW weight -> HWIO ``kernel``, optional ``bias``), ``"linear"``
+    (``(out, in)`` weight -> ``(in, out)`` ``kernel``, optional ``bias``) or ``"batchnorm"``
+    (``weight, bias, running_mean, running_var`` -> ``scale, bias, mean, var``; torch's
+    ``num_batches_tracked`` counter is accepted and ignored). Whether a conv or linear layer
+    has a bias is read from the model's own params tree.
+    """
 
     torch_name: str
     flax_path: tuple[str, ...]
-    kind: str  # "conv" (OIHW kernel) or "linear" ((out, in) weight)
+    kind: str
+
+
+# torch parameter name suffix -> Flax leaf name, per kind
+_LEAVES = {
+    "conv": {"weight": "kernel", "bias": "bias"},
+    "linear": {"weight": "kernel", "bias": "bias"},
+    "batchnorm": {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"},
+}
+# Buffers a torch state dict may hold that carry nothing the model uses.
+_IGNORED = {"batchnorm": ("num_batches_tracked",)}
 
 
 def _to_flax(kind: str, suffix: str, array: np.ndarray) -> np.ndarray:
-    if suffix == "bias":
+    if suffix != "weight" or kind == "batchnorm":
         return array
     if kind == "conv":
         return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
@@ -178,21 +195,25 @@ def _to_flax(kind: str, suffix: str, array: np.ndarray) -> np.ndarray:
 
 
 def _to_torch(kind: str, suffix: str, array: np.ndarray) -> np.ndarray:
-    if suffix == "bias":
+    if suffix != "weight" or kind == "batchnorm":
         return array
     if kind == "conv":
         return array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
     return array.T
 
 
-# torch parameter name suffix -> Flax leaf name
-_LEAVES = {"weight": "kernel", "bias": "bias"}
-
-
 def _get(tree: Mapping, path: Sequence[str]) -> Any:
     for part in path:
         tree = tree[part]
     return tree
+
+
+def _leaves(entry: Entry, like: Mapping) -> dict[str, str]:
+    """``{torch suffix: Flax leaf}`` of ``entry``, as far as the layer in ``like`` has them."""
+    if entry.kind not in _LEAVES:
+        raise WeightsError(f"{entry.torch_name}: unknown layer kind {entry.kind!r}")
+    layer = _get(like, entry.flax_path)
+    return {suffix: leaf for suffix, leaf in _LEAVES[entry.kind].items() if leaf in layer}
 
 
 def params_from_state_dict(
@@ -203,15 +224,20 @@ def params_from_state_dict(
     ``like`` is a params tree of the right shapes (e.g. a random init). Raises one
     :class:`WeightsError` listing all missing keys, unexpected keys and shape mismatches.
     """
-    expected = {f"{e.torch_name}.{suffix}": (e, suffix) for e in table for suffix in _LEAVES}
+    expected = {
+        f"{e.torch_name}.{suffix}": (e, suffix, leaf)
+        for e in table
+        for suffix, leaf in _leaves(e, like).items()
+    }
+    ignored = {f"{e.torch_name}.{suffix}" for e in table for suffix in _IGNORED.get(e.kind, ())}
     missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
+    unexpected = sorted(set(state_dict) - set(expected) - ignored)
     mismatched, params = [], {}
-    for key, (entry, suffix) in expected.items():
+    for key, (entry, suffix, leaf) in expected.items():
         if key in missing:
             continue
         array = _to_flax(entry.kind, suffix, np.asarray(state_dict[key], np.float32))
-        want = tuple(np.shape(_get(like, (*entry.flax_path, _LEAVES[suffix]))))
+        want = tuple(np.shape(_get(like, (*entry.flax_path, leaf))))
         if array.shape != want:
             torch_want = _to_torch(entry.kind, suffix, np.empty(want, np.float32)).shape
             mismatched.append(
@@ -221,7 +247,7 @@ def params_from_state_dict(
         node = params
         for part in entry.flax_path:
             node = node.setdefault(part, {})
-        node[_LEAVES[suffix]] = array
+        node[leaf] = array
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -244,7 +270,7 @@ def state_dict_from_params(params: Mapping, table: Sequence[Entry]) -> dict[str,
     """The inverse of :func:`params_from_state_dict`: a torch-layout state dict of ``params``."""
     out = {}
     for entry in table:
-        for suffix, leaf in _LEAVES.items():
+        for suffix, leaf in _leaves(entry, params).items():
             array = np.asarray(_get(params, (*entry.flax_path, leaf)), np.float32)
             out[f"{entry.torch_name}.{suffix}"] = np.ascontiguousarray(
                 _to_torch(entry.kind, suffix, array)

@@ -8,7 +8,7 @@ Real networks (InceptionV1, ...) are :class:`Architecture` entries: built here i
 from a weights file the user supplies (random weights without one).
 
 >>> names()
-['inceptionv1', 'tiny', 'worldnet']
+['inceptionv1', 'resnet50', 'tiny', 'vgg16', 'worldnet']
 >>> sorted(load("tiny").layer_shapes(16))[:3]
 ['block1', 'block1/conv', 'block2']
 """
@@ -147,11 +147,16 @@ def _lazy(module: str, attr: str) -> Callable:
 
 register("tiny", _tiny)
 register("worldnet", _worldnet)
-register_architecture(
-    "inceptionv1",
-    Architecture(
-        build=_lazy("fvjax.zoo.inception", "build"),
-        random_params=_lazy("fvjax.zoo.inception", "random_params"),
-        table=_lazy("fvjax.zoo.inception", "lucent_table"),
-    ),
-)
+for _name, _module, _table in (
+    ("inceptionv1", "fvjax.zoo.inception", "lucent_table"),
+    ("resnet50", "fvjax.zoo.resnet", "torchvision_table"),
+    ("vgg16", "fvjax.zoo.vgg", "torchvision_table"),
+):
+    register_architecture(
+        _name,
+        Architecture(
+            build=_lazy(_module, "build"),
+            random_params=_lazy(_module, "random_params"),
+            table=_lazy(_module, _table),
+        ),
+    )
