@@ -191,23 +191,10 @@ def test_pth_needs_torch_or_is_read_without_unpickling(tmp_path):
 # --- parity with PyTorch -------------------------------------------------------------------
 
 
-def _relative_errors(ours, theirs) -> dict[str, float]:
-    """``max |ours - theirs| / max |theirs|`` per layer (NCHW references moved to NHWC)."""
-    errors = {}
-    for name, ref in theirs.items():
-        ref = ref.detach().numpy()
-        if ref.ndim == 4:
-            ref = ref.transpose(0, 2, 3, 1)
-        got = np.asarray(ours[name])
-        assert got.shape == ref.shape, name
-        errors[name] = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
-    return errors
-
-
 @pytest.mark.parametrize("lrn", ["lucent", "tf"])
 def test_parity_with_a_pytorch_reference(tmp_path, lrn, full_float32):
     torch = pytest.importorskip("torch", reason="parity with PyTorch needs torch")
-    from torch_reference import TorchInceptionV1
+    from torch_reference import TorchInceptionV1, relative_errors
 
     torch.manual_seed(0)
     reference = TorchInceptionV1(lrn=lrn).eval()
@@ -227,7 +214,7 @@ def test_parity_with_a_pytorch_reference(tmp_path, lrn, full_float32):
         theirs = reference(torch.from_numpy(images.transpose(0, 3, 1, 2) * 255.0 - 117.0))
     ours = jax.jit(model.apply)(model.params, images)
     assert set(theirs) <= set(ours)
-    errors = _relative_errors(ours, theirs)
+    errors = relative_errors(ours, theirs)
     print(f"\nmax relative error per layer (lrn={lrn}):")
     print("\n".join(f"  {name:34s} {err:.2e}" for name, err in errors.items()))
     bad = {name: err for name, err in errors.items() if not err < 1e-4}

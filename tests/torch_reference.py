@@ -5,7 +5,7 @@ Written here from the architecture (not Lucent's code): same parameter names
 paddings Lucent uses at 224 px (``(2, 3)`` before ``conv2d0``, ``(0, 1)`` with ``-inf`` before the
 stride-2 max pools), its ``local_response_norm(size=9, alpha=1e-4, beta=0.5, k=1)`` or, with
 ``lrn="tf"``, TF's LRN with the graph's constants, and a 7x7 average pool head.
-Only imported by tests that have torch.
+Only imported by tests that have torch. :func:`relative_errors` serves every parity test.
 """
 
 from __future__ import annotations
@@ -17,7 +17,23 @@ torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 F = torch.nn.functional
 nn = torch.nn
 
+import numpy as np  # noqa: E402
+
 from fvjax.zoo.inception import INCEPTION5H_LRN, MIXED, N_CLASSES  # noqa: E402
+
+
+def relative_errors(ours, theirs) -> dict[str, float]:
+    """``max |ours - theirs| / max |theirs|`` per layer of ``theirs`` (``{name: torch tensor}``;
+    NCHW references moved to NHWC), for every layer both sides name."""
+    errors = {}
+    for name, ref in theirs.items():
+        ref = ref.detach().numpy()
+        if ref.ndim == 4:
+            ref = ref.transpose(0, 2, 3, 1)
+        got = np.asarray(ours[name])
+        assert got.shape == ref.shape, (name, got.shape, ref.shape)
+        errors[name] = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+    return errors
 
 
 def _tf_lrn(x: torch.Tensor) -> torch.Tensor:
