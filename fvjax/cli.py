@@ -2,6 +2,7 @@
 
     fvjax render --config configs/tiny.toml [key=value ...]   render, write PNGs + gallery
     fvjax layers --model tiny [--size 64]                     list layers and shapes
+    fvjax convert --model inceptionv1 IN.pth OUT [--force]    weights -> params checkpoint
 
 Overrides use the config's keys, dotted for sections: ``steps=64 param.kind=pixel
 units=[0,3]``. Bad input (an unknown key, model, layer or unit; a missing file) prints one
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import fvjax
+from fvjax import checkpoint, outputs, weights, zoo
 from fvjax import config as config_lib
-from fvjax import outputs
 from fvjax.engine import device_mesh, plan_chunks
 from fvjax.errors import ConfigError, FvjaxError, NonFiniteError
 from fvjax.models import describe_layers
@@ -123,6 +124,36 @@ def _layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    architecture = zoo.architecture(args.model)
+    out = Path(args.out)
+    if (out.exists() or out.is_symlink()) and not args.force:
+        raise ConfigError(f"{out} exists; pass --force to replace it")
+    state_dict = weights.load_state_dict(args.weights)
+    like = architecture.random_params(0)
+    params = weights.params_from_state_dict(state_dict, architecture.table(), like)
+    record = {
+        "model": args.model,
+        "source": Path(args.weights).name,
+        "source_sha256": _sha256(args.weights),
+    }
+    record = checkpoint.save_params(out, params, record, overwrite=args.force)
+    print(
+        f"converted {args.weights} to {out}: {args.model}, {record['parameters']:,} parameters, "
+        f"{record['bytes'] / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fvjax`` command."""
     parser = argparse.ArgumentParser(
@@ -155,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--size", type=int, help="image size (default: the config's, or 128)")
     layers.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     layers.set_defaults(run=_layers)
+
+    convert = commands.add_parser(
+        "convert",
+        help="check a PyTorch-layout weights file once and write it as a params checkpoint",
+        description="Check a state dict (.safetensors, .npz, or .pth through "
+        "torch.load(weights_only=True)) against a zoo model's import table and write its Flax "
+        "params as an orbax checkpoint directory, with record.json (model, source file and its "
+        "SHA-256, versions). OUT goes wherever a weights file does: weights=OUT in a config, "
+        "or zoo.load(NAME, weights=OUT).",
+        epilog="example: fvjax convert --model inceptionv1 inception5h.pth inception5h.fvjax",
+    )
+    convert.add_argument("--model", required=True, help="zoo model that takes weights")
+    convert.add_argument("weights", metavar="IN", help="state dict: .safetensors, .npz or .pth")
+    convert.add_argument("out", metavar="OUT", help="checkpoint directory to write")
+    convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    convert.set_defaults(run=_convert)
     return parser
 
 

@@ -243,7 +243,9 @@ class Config(_Checked):
     """
 
     model: str = _key(_model, "tiny", "built-in model name or 'package.module:factory'")
-    weights: str = _key(_optional_text, "", "weights file for the model (.safetensors, .npz, .pth)")
+    weights: str = _key(
+        _optional_text, "", "model weights: .safetensors, .npz, .pth, or an `fvjax convert` dir"
+    )
     layers: tuple[str, ...] = _key(_layers, ("block3",), "layers to render")
     units: str | tuple[int, ...] = _key(_units, "all", '"all" or a list of unit indices')
     objective: str = _key(_one_of(OBJECTIVES), "channel", "channel | neuron")

@@ -261,8 +261,16 @@ def params_from_state_dict(
 
 
 def load_params(path: str | os.PathLike, table: Sequence[Entry], like: Mapping) -> dict:
-    """The Flax params tree in the weights file ``path``, checked against ``table`` and ``like``
-    (see :func:`params_from_state_dict`)."""
+    """The Flax params tree in ``path``, checked against the model's params tree ``like``.
+
+    ``path`` is a state dict file, imported through ``table`` (see
+    :func:`params_from_state_dict`), or a directory ``fvjax convert`` wrote: a params
+    checkpoint in Flax layout already, restored by :func:`fvjax.checkpoint.restore_params`.
+    """
+    if os.path.isdir(path):
+        from fvjax.checkpoint import restore_params  # orbax loads only when a checkpoint does
+
+        return restore_params(path, like)
     return params_from_state_dict(load_state_dict(path), table, like)
 
 
