@@ -3,6 +3,7 @@
     fvjax render --config configs/tiny.toml [key=value ...]   render, write PNGs + gallery
     fvjax layers --model tiny [--size 64]                     list layers and shapes
     fvjax convert --model inceptionv1 IN.pth OUT [--force]    weights -> params checkpoint
+    fvjax merge OUTPUT                                        join shard-K-of-N slices
 
 Overrides use the config's keys, dotted for sections: ``steps=64 param.kind=pixel
 units=[0,3]``. Bad input (an unknown key, model, layer or unit; a missing file) prints one
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import fvjax
-from fvjax import checkpoint, outputs, weights, zoo
+from fvjax import checkpoint, outputs, shards, weights, zoo
 from fvjax import config as config_lib
 from fvjax.engine import device_mesh, plan_chunks
 from fvjax.errors import ConfigError, FvjaxError, NonFiniteError
@@ -34,28 +35,43 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
     """Render every layer of ``config`` and write its outputs; returns the manifest.
 
     Everything is checked (model, layers, units, sizes) before the first picture is rendered;
-    the manifest and gallery are rewritten after each layer.
+    the manifest and gallery are rewritten after each layer. Process ``K`` of ``N`` (the
+    ``shard`` key, see :mod:`fvjax.shards`) renders its slice of the units into
+    ``OUTPUT/shard-K-of-N``; in a ``distributed`` job process 0 then merges the slices.
     """
     start = time.perf_counter()
     stream = stream if stream is not None else sys.stderr
+    if config.distributed:
+        shards.initialize_distributed()  # before anything touches a JAX backend
+    shard, n_shards = shards.resolve(config.shard)
+    output = Path(config.output)
+    if n_shards > 1:
+        output = output / shards.shard_dir(shard, n_shards)
     data, sha = config_lib.resolve(config)
     job = config_lib.build_job(config)
     shapes = job.model.layer_shapes(config.size)
-    _warn_if_other_job(Path(config.output), sha, stream)
-    out = outputs.RenderOutput(config.output, data, sha, model=job.model.name, started=start)
+    _warn_if_other_job(output, sha, stream)
+    out = outputs.RenderOutput(output, data, sha, model=job.model.name, started=start)
     setup_seconds = time.perf_counter() - start
     kwargs = job.render_kwargs()
-    checkpoints = _checkpoint_root(config, data)
+    checkpoints = _checkpoint_root(config, data, output)
     mesh = device_mesh(config.devices or None)
     n_devices = 1 if mesh is None else mesh.size
+    objectives = job.objectives
+    if n_shards > 1:  # this process's slice of each layer (none when it has fewer units)
+        objectives = {
+            layer: objective.take(members)
+            for layer, objective in objectives.items()
+            if len(members := shards.positions(shard, n_shards, objective.batch_size))
+        }
     total = sum(
         plan_chunks(o.batch_size * config.seeds, config.batch_size or None, n_devices)[1]
-        for o in job.objectives.values()
+        for o in objectives.values()
     )
     # One bar over the whole job, every layer's chunks and steps.
     bar = Progress(total * config.steps, stream=stream, enabled=config.progress)
-    for i, (layer, objective) in enumerate(job.objectives.items()):
-        bar.label = f"[{i + 1}/{len(job.objectives)}] {layer}"
+    for i, (layer, objective) in enumerate(objectives.items()):
+        bar.label = f"[{i + 1}/{len(objectives)}] {layer}"
         if checkpoints is not None:
             kwargs["checkpoint_dir"] = checkpoints / outputs.slugify(layer)
             kwargs["checkpoint_every"] = config.checkpoint_every or None
@@ -66,22 +82,38 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
     manifest = out.finish(setup_seconds=setup_seconds)
     if checkpoints is not None:  # every output is written: the checkpoints have done their job
         shutil.rmtree(checkpoints, ignore_errors=True)
-        if not any(checkpoints.parent.iterdir()):
+        if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
             checkpoints.parent.rmdir()
+    if config.distributed and n_shards > 1:
+        shards.wait_for_all("fvjax-render-done")
+        if shard == 0:
+            manifest = _merge_if_visible(Path(config.output), stream) or manifest
     return manifest
 
 
-def _checkpoint_root(config: config_lib.Config, data: dict[str, Any]) -> Path | None:
+def _merge_if_visible(path: Path, stream: TextIO) -> dict[str, Any] | None:
+    """Merge a distributed job's slices where process 0 sees them all (a shared filesystem)."""
+    try:
+        return shards.merge(path)
+    except shards.ShardError as exc:
+        stream.write(
+            f"fvjax: note: slices not merged ({exc}); gather every shard-K-of-N directory "
+            f"under {path} and run: fvjax merge {path}\n"
+        )
+        return None
+
+
+def _checkpoint_root(config: config_lib.Config, data: dict[str, Any], output: Path) -> Path | None:
     """``OUTPUT/.checkpoints/<hash>``: the hash covers what changes the pictures, not where
     they are written or whether a progress bar shows, so such a change still resumes."""
     if not config.checkpoint:
         return None
     same_pictures = {k: v for k, v in data.items() if k not in _NOT_IN_PICTURES}
     digest = hashlib.sha256(config_lib.canonical_json(same_pictures).encode()).hexdigest()
-    return Path(config.output) / ".checkpoints" / digest[:16]
+    return output / ".checkpoints" / digest[:16]
 
 
-_NOT_IN_PICTURES = ("output", "progress", "checkpoint", "checkpoint_every")
+_NOT_IN_PICTURES = ("output", "progress", "checkpoint", "checkpoint_every", "distributed")
 
 
 def _warn_if_other_job(path: Path, sha: str, stream: TextIO) -> None:
@@ -202,7 +234,28 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out", metavar="OUT", help="checkpoint directory to write")
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
     convert.set_defaults(run=_convert)
+
+    merge = commands.add_parser(
+        "merge",
+        help="join the shard-K-of-N slices of a multi-process render into one gallery",
+        description="Join OUTPUT/shard-K-of-N (all N slices of one job, each finished) into "
+        "one manifest, grids and gallery at OUTPUT, as a one-process render writes them.",
+        epilog="example: fvjax merge fvjax-out/inceptionv1",
+    )
+    merge.add_argument("output", metavar="OUTPUT", help="the job's output directory")
+    merge.set_defaults(run=_merge)
     return parser
+
+
+def _merge(args: argparse.Namespace) -> int:
+    manifest = shards.merge(args.output)
+    out = Path(args.output).resolve()
+    print(
+        f"merged {len(manifest['shards'])} slices: {len(manifest['images'])} pictures of "
+        f"{len(manifest['layers'])} layer(s) in {out}"
+    )
+    print(f"gallery: {out / outputs.INDEX}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,8 +48,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 from fvjax import objectives as objectives_lib
 from fvjax import param as param_lib
+from fvjax import shards, zoo
 from fvjax import transforms as transforms_lib
-from fvjax import zoo
 from fvjax.engine import check_sizes
 from fvjax.errors import ConfigError, did_you_mean, unknown_layer
 from fvjax.models import Model, as_size
@@ -177,6 +177,16 @@ def _size(key: str, value: Any) -> int | tuple[int, int]:
     raise _bad(key, "an integer >= 1 or a pair [height, width]", value)
 
 
+def _shard(key: str, value: Any) -> str:
+    value = _text(key, value)
+    if value != "auto":
+        try:
+            shards.parse_shard(value)
+        except ValueError as exc:
+            raise ConfigError(f"config key {key!r}: {exc}") from exc
+    return value
+
+
 def _key(check: Callable[[str, Any], Any], default: Any, doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"check": check, "doc": doc})
 
@@ -255,6 +265,12 @@ class Config(_Checked):
     batch_size: int = _key(_integer(0), 0, "pictures per compiled chunk (0: all)")
     steps_per_call: int = _key(_integer(0), 0, "steps per compiled call (0: engine default)")
     devices: int = _key(_integer(0), 0, "local devices sharing each chunk (0: all)")
+    shard: str = _key(
+        _shard, "auto", "this process's slice of the units, 'K/N', or 'auto' (JAX's process)"
+    )
+    distributed: bool = _key(
+        _boolean, False, "join a multi-host job with jax.distributed.initialize() first"
+    )
     param: ParamConfig = _section(ParamConfig)
     transforms: TransformsConfig = _section(TransformsConfig)
     optimizer: OptimizerConfig = _section(OptimizerConfig)

@@ -248,6 +248,8 @@ class RenderOutput:
         self.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         self.timings: dict[str, float] = {"render_seconds": 0.0, "write_seconds": 0.0}
         self.complete = False
+        #: more top-level manifest entries (e.g. ``shards`` of a merged job)
+        self.extra: dict[str, Any] = {}
         self._start = started if started is not None else time.perf_counter()
 
     def _slug(self, layer: str) -> str:
@@ -333,6 +335,7 @@ class RenderOutput:
             },
             "layers": self.layers,
             "images": self.images,
+            **self.extra,
         }
 
     def _write_index(self) -> None:

@@ -17,7 +17,7 @@ def test_defaults_are_valid_and_resolve_to_every_key():
     assert set(data) == {
         "model", "layers", "units", "objective", "seeds", "steps", "size", "batch_size",
         "steps_per_call", "param", "transforms", "optimizer", "output", "progress",
-        "checkpoint", "checkpoint_every", "devices", "weights",
+        "checkpoint", "checkpoint_every", "devices", "weights", "shard", "distributed",
     }  # fmt: skip
     assert data["param"] == {"kind": "fourier", "decorrelate": True, "decay": 1.0,
                              "output": "sigmoid"}  # fmt: skip

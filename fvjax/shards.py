@@ -1,0 +1,227 @@
+"""One job over many processes or hosts: each renders a slice of the units, then one joins them.
+
+The pictures of a job are independent (each image's key comes from its seed, objective and
+unit alone), so processes share no data while they render: process ``K`` of ``N`` takes the
+units at positions ``K, K + N, K + 2N, ...`` of every layer, renders them on its own local
+devices and writes a complete output directory ``OUTPUT/shard-K-of-N``. :func:`merge` joins
+the ``N`` directories into one manifest and gallery at ``OUTPUT``, with the same pictures a
+one-process render writes.
+
+``K/N`` comes from the config's ``shard`` key: explicit (a scheduler's array job), or
+``"auto"``: ``jax.process_index()`` of ``jax.process_count()``, which is ``0/1`` unless
+``jax.distributed.initialize()`` has joined the processes (``distributed = true``).
+
+>>> parse_shard("3/8")
+(3, 8)
+>>> shard_dir(3, 8)
+'shard-3-of-8'
+>>> positions(1, 3, 7).tolist()
+[1, 4]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fvjax import outputs
+from fvjax.errors import FvjaxError
+
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
+#: Config keys that say where a slice runs, not what the job is.
+PLACEMENT_KEYS = ("shard", "distributed")
+
+
+class ShardError(FvjaxError):
+    """Shard directories that cannot be joined into one job."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``; raises ``ValueError`` otherwise."""
+    match = _SHARD.match(str(text))
+    if not match:
+        raise ValueError(f"a shard is 'K/N' (process K of N, from 0) or 'auto', got {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if not 0 <= index < count:
+        raise ValueError(f"shard {text!r}: K must be in 0..N-1 (0..{count - 1})")
+    return index, count
+
+
+def resolve(shard: str) -> tuple[int, int]:
+    """``(K, N)`` for a config's ``shard`` value; ``"auto"`` asks JAX which process this is."""
+    if shard == "auto":
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    return parse_shard(shard)
+
+
+def shard_dir(index: int, count: int) -> str:
+    """The output subdirectory of process ``index`` of ``count``."""
+    return f"shard-{index}-of-{count}"
+
+
+def positions(index: int, count: int, n_members: int) -> np.ndarray:
+    """The member positions process ``index`` of ``count`` renders (strided: every process
+    gets a share of each layer, and the shares differ by at most one)."""
+    return np.arange(index, n_members, count)
+
+
+def initialize_distributed() -> None:
+    """``jax.distributed.initialize()`` once. Where the cluster is one JAX detects (Cloud TPU,
+    SLURM, Open MPI, Kubernetes) it needs nothing; elsewhere set ``JAX_COORDINATOR_ADDRESS``
+    (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``."""
+    import jax
+    from jax._src import distributed
+
+    if distributed.global_state.client is not None:  # a second call would raise
+        return
+    settings = {}
+    for name, variable in (
+        ("num_processes", "JAX_NUM_PROCESSES"),
+        ("process_id", "JAX_PROCESS_ID"),
+    ):
+        if os.environ.get(variable):
+            try:
+                settings[name] = int(os.environ[variable])
+            except ValueError as exc:
+                raise ShardError(
+                    f"{variable} must be an integer, got {os.environ[variable]!r}"
+                ) from exc
+    jax.distributed.initialize(**settings)
+
+
+def wait_for_all(name: str) -> None:
+    """Block until every process of a distributed job gets here."""
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as png:
+        return np.asarray(png.convert("RGB"), np.float32) / 255.0
+
+
+def _shards(path: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The shard directories under ``path`` and their manifests, in order; checked whole."""
+    found: dict[tuple[int, int], Path] = {}
+    for child in sorted(path.iterdir()) if path.is_dir() else ():
+        match = _SHARD_DIR.match(child.name)
+        if match and child.is_dir():
+            found[int(match[1]), int(match[2])] = child
+    if not found:
+        raise ShardError(f"{path}: no shard-K-of-N directories to merge")
+    counts = sorted({count for _, count in found})
+    if len(counts) > 1:
+        raise ShardError(f"{path}: shards of different jobs (of {counts}); keep one job's shards")
+    count = counts[0]
+    missing = [shard_dir(k, count) for k in range(count) if (k, count) not in found]
+    if missing:
+        raise ShardError(f"{path}: missing {', '.join(missing)}; render them, then merge again")
+    shards = []
+    for k in range(count):
+        directory = found[k, count]
+        try:
+            manifest = outputs.read_manifest(directory)
+        except (OSError, ValueError) as exc:
+            raise ShardError(f"{directory}: no readable manifest.json ({exc})") from exc
+        if not manifest.get("complete"):
+            raise ShardError(f"{directory}: its render has not finished; resume it, then merge")
+        shards.append((directory, manifest))
+    return shards
+
+
+def _job(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in PLACEMENT_KEYS}
+
+
+def merge(path: str | Path) -> dict[str, Any]:
+    """Join ``path/shard-K-of-N`` (all ``N`` of one job, finished) into one output at ``path``:
+    pictures, grids, manifest and gallery as a one-process render writes them. Returns the
+    manifest, whose ``shards`` entry records each shard's directory, config hash and backend.
+
+    Raises :class:`ShardError` naming missing, unfinished or mismatched shards.
+    """
+    path = Path(path)
+    shards = _shards(path)
+    first = shards[0][1]
+    for directory, manifest in shards[1:]:
+        theirs, ours = _job(manifest["config"]), _job(first["config"])
+        if theirs != ours:
+            keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+            raise ShardError(
+                f"{directory} rendered another job than {shards[0][0].name} "
+                f"(config keys differ: {', '.join(keys)})"
+            )
+    from fvjax.config import canonical_json  # config imports this module
+
+    config = dict(first["config"], shard="auto")
+    sha = hashlib.sha256(canonical_json(config).encode()).hexdigest()
+    out = outputs.RenderOutput(path, config, sha, model=first["model"])
+    out.extra["shards"] = [
+        {
+            "dir": directory.name,
+            "config_sha256": manifest["config_sha256"],
+            "backend": manifest["backend"],
+            "timings": manifest["timings"],
+        }
+        for directory, manifest in shards
+    ]
+    layers: list[str] = []
+    for _, manifest in shards:
+        layers += [entry["layer"] for entry in manifest["layers"] if entry["layer"] not in layers]
+    for layer in layers:
+        result, shape, names = _merged_layer(layer, shards)
+        out.add_layer(layer, result, shape, names if any(names) else None)
+    return out.finish()
+
+
+def _merged_layer(layer: str, shards: list[tuple[Path, dict[str, Any]]]):
+    """One layer's pictures from every shard, back in the one-process order of units."""
+    count = len(shards)
+    rows = []  # (position in the job, unit, {seed: image entry}, shard directory)
+    entry = None
+    for k, (directory, manifest) in enumerate(shards):
+        mine = [e for e in manifest["layers"] if e["layer"] == layer]
+        if not mine:
+            continue  # this shard had no unit of the layer (more shards than units)
+        entry = mine[0]
+        images = {(e["unit"], e["seed"]): e for e in manifest["images"] if e["layer"] == layer}
+        for i, unit in enumerate(entry["units"]):
+            rows.append((k + count * i, unit, directory, images))
+    rows.sort(key=lambda row: row[0])
+    seeds = entry["seeds"]
+    pictures = np.stack(
+        [
+            np.stack([_read_png(d / images[unit, seed]["file"]) for seed in seeds])
+            for _, unit, d, images in rows
+        ]
+    )
+    activations = np.array(
+        [[images[unit, seed]["activation"] for seed in seeds] for _, unit, _, images in rows],
+        np.float32,
+    )
+    names = [images[unit, seeds[0]].get("unit_name") for _, unit, _, images in rows]
+    seconds = [e["seconds"] for _, m in shards for e in m["layers"] if e["layer"] == layer]
+    firsts = [
+        e["first_call_seconds"] for _, m in shards for e in m["layers"] if e["layer"] == layer
+    ]
+    result = SimpleNamespace(
+        images=pictures,
+        activations=activations,
+        units=np.array([unit for _, unit, _, _ in rows]),
+        seeds=tuple(seeds),
+        label=entry["label"],
+        seconds=max(seconds),  # the shards ran side by side
+        first_call_seconds=max(firsts),
+    )
+    return result, entry["shape"], names
