@@ -255,7 +255,8 @@ def _differences(saved: Mapping[str, tuple], wanted: Mapping[str, tuple]) -> lis
 
 
 def restore_params(path: str | os.PathLike, like: Mapping) -> dict:
-    """The params tree of the params checkpoint ``path``: numpy arrays of ``like``'s dtypes.
+    """The params tree of the params checkpoint ``path``: numpy arrays of ``like``'s dtypes
+    (``like``'s leaves: arrays or ``jax.ShapeDtypeStruct``).
 
     Checked against ``like`` (the model's params tree, e.g. a random init): a checkpoint of
     another structure or other shapes raises one :class:`~fvjax.weights.WeightsError` naming
@@ -278,7 +279,7 @@ def restore_params(path: str | os.PathLike, like: Mapping) -> dict:
     wanted = _shapes(like)
     checkpointer, params_dir = _params_checkpointer(), (path / PARAMS).resolve()
     restore_args = jax.tree.map(
-        lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.asarray(x).dtype), like
+        lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.dtype(x.dtype)), like
     )
     try:
         params = checkpointer.restore(

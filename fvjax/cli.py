@@ -163,7 +163,7 @@ def _convert(args: argparse.Namespace) -> int:
     if (out.exists() or out.is_symlink()) and not args.force:
         raise ConfigError(f"{out} exists; pass --force to replace it")
     state_dict = weights.load_state_dict(args.weights)
-    like = architecture.random_params(0)
+    like = architecture.param_shapes()
     params = weights.params_from_state_dict(state_dict, architecture.table(), like)
     record = {
         "model": args.model,

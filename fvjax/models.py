@@ -100,6 +100,11 @@ def as_size(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
+#: torchvision's ImageNet statistics of RGB in [0, 1]: ``normalize(IMAGENET_MEAN, IMAGENET_STD)``.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 def normalize(mean: Any, std: Any, scale: float = 1.0) -> Callable[[Array], Array]:
     """Preprocessing ``(scale * images - mean) / std`` for a model trained on such inputs.
 

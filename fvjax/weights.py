@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -258,6 +258,47 @@ def params_from_state_dict(
             parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
         raise WeightsError("the state dict does not fit the model: " + "; ".join(parts))
     return params
+
+
+def params_tree(
+    rows: Iterable[tuple[Entry, tuple[int, ...]]],
+    leaves: Callable[[Entry, tuple[int, ...]], Mapping[str, Any]],
+) -> dict:
+    """A Flax params tree: ``leaves(entry, shape)`` (``{"kernel": ..., "bias": ...}``) nested at
+    each row's ``entry.flax_path``. ``rows`` are a model's ``(import entry, Flax shape)`` pairs,
+    so one list of layers gives random weights, shape templates and the import table.
+
+    >>> rows = [(Entry("fc", ("fc",), "linear"), (4, 2))]
+    >>> params_tree(rows, lambda entry, shape: {"kernel": np.zeros(shape)})["fc"]["kernel"].shape
+    (4, 2)
+    """
+    params: dict = {}
+    for entry, shape in rows:
+        node = params
+        for part in entry.flax_path:
+            node = node.setdefault(part, {})
+        node.update(leaves(entry, shape))
+    return params
+
+
+def shape_leaves(conv_bias: bool = True) -> Callable[[Entry, tuple[int, ...]], dict]:
+    """``leaves`` for :func:`params_tree` giving ``jax.ShapeDtypeStruct`` float32 templates:
+    a kernel (and, for linear layers and where ``conv_bias``, conv layers, a bias), or a batch
+    norm's ``scale, bias, mean, var``. A template checks an import without drawing weights."""
+    import jax
+
+    def leaves(entry: Entry, shape: tuple[int, ...]) -> dict:
+        def spec(s: tuple[int, ...]) -> Any:
+            return jax.ShapeDtypeStruct(s, np.float32)
+
+        if entry.kind == "batchnorm":
+            return {leaf: spec(shape) for leaf in _LEAVES["batchnorm"].values()}
+        found = {"kernel": spec(shape)}
+        if entry.kind == "linear" or conv_bias:
+            found["bias"] = spec(shape[-1:])
+        return found
+
+    return leaves
 
 
 def load_params(path: str | os.PathLike, table: Sequence[Entry], like: Mapping) -> dict:

@@ -198,3 +198,26 @@ def test_unknown_model_names_the_models_that_take_weights(capsys, state_files, t
     assert "Models that do: inceptionv1" in stderr
     assert ("Did you mean 'inceptionv1'?" in stderr) == (name == "inceptionv2")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_are_checked_against_a_template_not_drawn(monkeypatch, state_files, tmp_path):
+    """Loading or converting real weights draws no random ones (VGG-16's are 553 MB)."""
+    template = inception.param_shapes()
+    like = jax.tree.map(lambda x: (x.shape, x.dtype), inception.random_params())
+    assert jax.tree.map(lambda s: (s.shape, s.dtype), template) == like
+    monkeypatch.setattr(inception, "random_params", lambda *a, **k: pytest.fail("drew weights"))
+    for path in (state_files["npz"], state_files["safetensors"]):
+        assert zoo.load("inceptionv1", weights=str(path)).name == "inceptionv1"
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = cli.main(
+            ["convert", "--model", "inceptionv1", str(state_files["npz"]), str(tmp_path / "c")]
+        )
+    assert status == 0
+    assert inception.inceptionv1(weights=tmp_path / "c").name == "inceptionv1"
+
+
+def test_resnet_template_matches_its_random_weights():
+    from fvjax.zoo import resnet
+
+    shapes = jax.tree.map(lambda s: (s.shape, s.dtype), resnet.param_shapes())
+    assert shapes == jax.tree.map(lambda x: (x.shape, x.dtype), resnet.random_params())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fvjax
-from fvjax import weights
+from fvjax import models, weights
 from fvjax.zoo import resnet
 
 SIZE = 224
@@ -201,7 +201,7 @@ def test_parity_with_a_pytorch_reference(reference, forward, size, full_float32)
     net, model = reference
     height, width = fvjax.models.as_size(size)
     images = np.random.default_rng(0).uniform(size=(2, height, width, 3)).astype(np.float32)
-    normalized = (images - np.float32(resnet.IMAGENET_MEAN)) / np.float32(resnet.IMAGENET_STD)
+    normalized = (images - np.float32(models.IMAGENET_MEAN)) / np.float32(models.IMAGENET_STD)
     with torch.no_grad():
         theirs = net(torch.from_numpy(normalized.transpose(0, 3, 1, 2)))
     ours = forward(model.params, images)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fvjax
-from fvjax import weights
+from fvjax import models, weights
 from fvjax.zoo import vgg
 
 SIZE = 224
@@ -100,7 +100,7 @@ def test_layers_pooling_and_preprocessing(model, forward, full_float32):
     np.testing.assert_allclose(acts["avgpool"], expected, rtol=1e-6, atol=1e-6)
     # The first convolution sees ImageNet-normalized pictures, padded 1 on each side.
     conv = model.params["params"]["features"]["0"]
-    normalized = (images - np.float32(vgg.IMAGENET_MEAN)) / np.float32(vgg.IMAGENET_STD)
+    normalized = (images - np.float32(models.IMAGENET_MEAN)) / np.float32(models.IMAGENET_STD)
     first = jax.lax.conv_general_dilated(
         normalized,
         conv["kernel"],
@@ -234,8 +234,8 @@ def test_parity_with_a_pytorch_reference(model, forward, reference, size, full_f
 
     height, width = fvjax.models.as_size(size)
     images = np.random.default_rng(0).uniform(size=(2, height, width, 3)).astype(np.float32)
-    mean = np.asarray(vgg.IMAGENET_MEAN, np.float32)
-    std = np.asarray(vgg.IMAGENET_STD, np.float32)
+    mean = np.asarray(models.IMAGENET_MEAN, np.float32)
+    std = np.asarray(models.IMAGENET_STD, np.float32)
     with torch.no_grad():
         theirs = reference(torch.from_numpy(((images - mean) / std).transpose(0, 3, 1, 2)))
     ours = forward(model.params, images)

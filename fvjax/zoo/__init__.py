@@ -33,20 +33,23 @@ _ARCHITECTURES: dict[str, Architecture] = {}
 class Architecture:
     """A network built in Flax whose weights come from the user's files.
 
-    ``build(params) -> Model`` wraps a Flax params tree; ``random_params(seed)`` draws one of
-    the right shapes (the template every import is checked against); ``table()`` is the import
-    table of the network's PyTorch-layout state dict (:mod:`fvjax.weights`).
+    ``build(params) -> Model`` wraps a Flax params tree; ``random_params(seed)`` draws one;
+    ``param_shapes()`` is the tree as ``jax.ShapeDtypeStruct`` leaves, the template every
+    import is checked against (no weights drawn); ``table()`` is the import table of the
+    network's PyTorch-layout state dict (:mod:`fvjax.weights`).
     """
 
     build: Callable[[dict], Model]
     random_params: Callable[[int], dict]
+    param_shapes: Callable[[], dict]
     table: Callable[[], Sequence[Entry]]
 
     def params(self, weights: str | os.PathLike | None = None) -> dict:
         """The params tree from ``weights`` (a state dict file or a converted checkpoint), or
         random weights (seed 0) when ``None``."""
-        like = self.random_params(0)
-        return like if weights is None else load_params(weights, self.table(), like)
+        if weights is None:
+            return self.random_params(0)
+        return load_params(weights, self.table(), self.param_shapes())
 
     def load(self, weights: str | os.PathLike | None = None) -> Model:
         return self.build(self.params(weights))
@@ -157,6 +160,7 @@ for _name, _module, _table in (
         Architecture(
             build=_lazy(_module, "build"),
             random_params=_lazy(_module, "random_params"),
+            param_shapes=_lazy(_module, "param_shapes"),
             table=_lazy(_module, _table),
         ),
     )

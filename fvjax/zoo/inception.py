@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fvjax.models import Model, from_linen, normalize
-from fvjax.weights import Entry, load_params
+from fvjax.weights import Entry, load_params, params_tree, shape_leaves
 
 
 class LRNSettings(NamedTuple):
@@ -199,16 +199,23 @@ def lucent_table() -> list[Entry]:
 def random_params(seed: int = 0) -> dict:
     """He-normal kernels and small random biases, drawn with numpy (no Flax init trace)."""
     rng = np.random.default_rng(seed)
-    params: dict = {}
-    for entry, shape in _layers():
-        fan_in = int(np.prod(shape[:-1]))
+
+    def leaves(entry: Entry, shape: tuple[int, ...]) -> dict:
         gain = 1.0 if entry.kind == "linear" else 2.0
-        node = params
-        for part in entry.flax_path:
-            node = node.setdefault(part, {})
-        node["kernel"] = (rng.standard_normal(shape) * np.sqrt(gain / fan_in)).astype(np.float32)
-        node["bias"] = (0.1 * rng.standard_normal(shape[-1])).astype(np.float32)
-    return params
+        std = np.sqrt(gain / int(np.prod(shape[:-1])))
+        kernel = (rng.standard_normal(shape) * std).astype(np.float32)
+        return {"kernel": kernel, "bias": (0.1 * rng.standard_normal(shape[-1])).astype(np.float32)}
+
+    return params_tree(_layers(), leaves)
+
+
+def param_shapes() -> dict:
+    """The params tree as ``jax.ShapeDtypeStruct`` leaves: checks an import without weights.
+
+    >>> param_shapes()["mixed4a"]["3x3_pre_relu"]["kernel"].shape
+    (3, 3, 96, 204)
+    """
+    return params_tree(_layers(), shape_leaves())
 
 
 def build(params: Any, lrn: LRNSettings = INCEPTION5H_LRN) -> Model:
@@ -236,6 +243,6 @@ def inceptionv1(
     >>> inceptionv1().layer_shapes(224)["mixed5b"]
     (7, 7, 1024)
     """
-    like = random_params()
-    params = like if weights is None else load_params(weights, lucent_table(), like)
-    return build(params, lrn)
+    if weights is None:
+        return build(random_params(), lrn)
+    return build(load_params(weights, lucent_table(), param_shapes()), lrn)

@@ -23,7 +23,7 @@ Layers are torchvision's module names, ``/`` for ``.`` (shapes at 224 px)::
     fc (and output)              (1000,) ImageNet logits
 
 The network takes ImageNet-normalized RGB; :func:`build` puts ``(x - mean) / std`` in the model
-(:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`), so fvjax passes pictures in ``[0, 1]``.
+(:data:`fvjax.models.IMAGENET_MEAN`, ``IMAGENET_STD``), so fvjax passes pictures in ``[0, 1]``.
 Weights: a torchvision ``resnet50`` state dict (``conv1.weight``, ``layer1.0.bn1.running_mean``,
 ``fc.bias``, ...) through :func:`torchvision_table`.
 
@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fvjax.models import Model, from_linen, normalize
-from fvjax.weights import Entry, load_params
+from fvjax.models import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
+from fvjax.weights import Entry, load_params, params_tree, shape_leaves
 
 #: ``(blocks, width)`` per stage ``layer1``..``layer4``: a block outputs ``EXPANSION * width``.
 STAGES = ((3, 64), (4, 128), (6, 256), (3, 512))
@@ -52,8 +52,6 @@ EXPANSION = 4
 STEM_WIDTH = 64
 N_CLASSES = 1000
 #: torchvision's ImageNet preprocessing, for RGB in ``[0, 1]``.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BATCHNORM_EPS = 1e-5
 
 
@@ -205,23 +203,31 @@ def random_params(seed: int = 0) -> dict:
     def normal(shape: tuple[int, ...], std: float, mean: float = 0.0) -> np.ndarray:
         return mean + np.float32(std) * rng.standard_normal(shape, dtype=np.float32)
 
-    params: dict = {}
-    for entry, shape in _layers():
-        node = params
-        for part in entry.flax_path:
-            node = node.setdefault(part, {})
+    def leaves(entry: Entry, shape: tuple[int, ...]) -> dict:
         if entry.kind == "batchnorm":
-            node["scale"] = normal(shape, 0.1, mean=1.0)
-            node["bias"] = normal(shape, 0.1)
-            node["mean"] = normal(shape, 0.1)
-            node["var"] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-            continue
-        fan_in = int(np.prod(shape[:-1]))
+            return {
+                "scale": normal(shape, 0.1, mean=1.0),
+                "bias": normal(shape, 0.1),
+                "mean": normal(shape, 0.1),
+                "var": rng.uniform(0.5, 1.5, shape).astype(np.float32),
+            }
         gain = 1.0 if entry.kind == "linear" else 2.0
-        node["kernel"] = normal(shape, np.sqrt(gain / fan_in))
+        found = {"kernel": normal(shape, np.sqrt(gain / int(np.prod(shape[:-1]))))}
         if entry.kind == "linear":
-            node["bias"] = normal(shape[-1:], 0.1)
-    return params
+            found["bias"] = normal(shape[-1:], 0.1)
+        return found
+
+    return params_tree(_layers(), leaves)
+
+
+def param_shapes() -> dict:
+    """The params tree as ``jax.ShapeDtypeStruct`` leaves (convolutions have no bias): checks
+    an import without drawing weights.
+
+    >>> sorted(param_shapes()["layer3"]["0"]["bn2"])
+    ['bias', 'mean', 'scale', 'var']
+    """
+    return params_tree(_layers(), shape_leaves(conv_bias=False))
 
 
 def build(params: Any) -> Model:
@@ -251,6 +257,6 @@ def resnet50(weights: str | os.PathLike | None = None) -> Model:
     >>> resnet50().layer_shapes(224)["avgpool"]
     (2048,)
     """
-    like = random_params()
-    params = like if weights is None else load_params(weights, torchvision_table(), like)
-    return build(params)
+    if weights is None:
+        return build(random_params())
+    return build(load_params(weights, torchvision_table(), param_shapes()))

@@ -27,7 +27,7 @@ and torchvision's module paths, ``/`` for ``.``, the same names as its state dic
 ``classifier/3`` are fc6, fc7 before ReLU and ``classifier/6`` is fc8.
 
 The network takes ImageNet-normalized RGB; :func:`build` puts ``(x - mean) / std`` in the model
-(:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`), so fvjax passes pictures in ``[0, 1]``.
+(:data:`fvjax.models.IMAGENET_MEAN`, ``IMAGENET_STD``), so fvjax passes pictures in ``[0, 1]``.
 Weights: a torchvision ``vgg16`` state dict (``features.0.weight``, ..., ``classifier.6.bias``)
 through :func:`torchvision_table`.
 
@@ -40,7 +40,6 @@ through :func:`torchvision_table`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -48,8 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fvjax.models import Model, from_linen, normalize
-from fvjax.weights import Entry, load_params
+from fvjax.models import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
+from fvjax.weights import Entry, load_params, params_tree, shape_leaves
 
 #: Output channels of the 3x3 convolutions of each block; a 2x2 max pool ends every block.
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -58,8 +57,6 @@ AVGPOOL_SIZE = (7, 7)
 HIDDEN = 4096
 N_CLASSES = 1000
 #: torchvision's ImageNet preprocessing, for RGB in ``[0, 1]``.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: torchvision's ``classifier`` indices of fc6, fc7, fc8 (ReLU and Dropout fill the gaps).
 CLASSIFIER_INDEX = {"fc6": 0, "fc7": 3, "fc8": 6}
 
@@ -197,17 +194,6 @@ def torchvision_table() -> list[Entry]:
     return [entry for entry, _ in _layers()]
 
 
-def _params_tree(leaves: Callable[[Entry, tuple[int, ...]], dict]) -> dict:
-    """The params tree with ``leaves(entry, kernel_shape) -> {"kernel": ..., "bias": ...}``."""
-    params: dict = {}
-    for entry, shape in _layers():
-        node = params
-        for part in entry.flax_path:
-            node = node.setdefault(part, {})
-        node.update(leaves(entry, shape))
-    return params
-
-
 def param_shapes() -> dict:
     """:class:`VGG16`'s params tree as ``jax.ShapeDtypeStruct`` leaves: enough to list layers
     (``layer_shapes`` works on shapes) and to check an import, without 553 MB of weights.
@@ -216,13 +202,7 @@ def param_shapes() -> dict:
     (25088, 4096)
     """
 
-    def leaves(entry: Entry, shape: tuple[int, ...]) -> dict:
-        return {
-            "kernel": jax.ShapeDtypeStruct(shape, jnp.float32),
-            "bias": jax.ShapeDtypeStruct(shape[-1:], jnp.float32),
-        }
-
-    return _params_tree(leaves)
+    return params_tree(_layers(), shape_leaves())
 
 
 def random_params(seed: int = 0) -> dict:
@@ -243,7 +223,7 @@ def random_params(seed: int = 0) -> dict:
         fan_in = int(np.prod(shape[:-1]))
         return {"kernel": normal(shape, np.sqrt(gain / fan_in)), "bias": normal(shape[-1:], 0.1)}
 
-    return _params_tree(leaves)
+    return params_tree(_layers(), leaves)
 
 
 def build(params: Any) -> Model:
