@@ -74,6 +74,8 @@ def register_architecture(name: str, architecture: Architecture) -> None:
 
 def architecture(name: str) -> Architecture:
     """The :class:`Architecture` registered as ``name`` (for ``fvjax convert``)."""
+    if name not in _LOADERS:
+        load(name)  # the unknown-model error, with suggestions
     if name not in _ARCHITECTURES:
         raise ConfigError(
             f"model {name!r} takes no weights file.{did_you_mean(name, _ARCHITECTURES)} "
