@@ -1,29 +1,95 @@
-"""Helpers for ``benchmarks/`` scripts: who measured what, where, and appending to RESULTS.md."""
+"""Helpers for ``benchmarks/`` scripts: arguments, the model's own limit, who measured what and
+where, and appending to RESULTS.md.
+
+Every script takes ``--model NAME`` (a :mod:`fvjax.zoo` name) and picks that model's classic
+layer and picture size unless ``--layer`` / ``--size`` say otherwise (:data:`MODEL_DEFAULTS`);
+``--no-record`` prints the table without appending it (for smoke runs).
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import os
 import platform
+import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
+import fvjax
+from fvjax import zoo
+from fvjax.models import Model, as_size
 from fvjax.outputs import versions
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "RESULTS.md"
 
+#: Per zoo model: ``(layer, size)`` a benchmark uses unless told otherwise.
+MODEL_DEFAULTS: dict[str, tuple[str, int]] = {
+    "worldnet": ("block3/conv", 64),
+    "tiny": ("block3/conv", 32),
+    "inceptionv1": ("mixed4a", 224),
+    "resnet50": ("layer3", 224),
+    "vgg16": ("conv4_3", 224),
+}
+
+#: Distributions whose versions say which accelerator stack ran (CUDA/ROCm/TPU plugins).
+_ACCELERATOR_PACKAGES = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu", "nvidia-cudnn")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device_details(device: Any) -> str:
+    """Kind, memory the allocator may use, compute capability, where the backend reports them."""
+    parts = [device.device_kind]
+    capability = getattr(device, "compute_capability", None)
+    if capability:
+        parts.append(f"sm {capability}")
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # not every backend implements it
+        stats = {}
+    if "bytes_limit" in stats:
+        parts.append(f"{stats['bytes_limit'] / 1e9:.1f} GB usable")
+    return " ".join(parts)
+
+
+def _accelerator_versions() -> dict[str, str]:
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        if name.lower().startswith(_ACCELERATOR_PACKAGES):
+            found[name] = dist.version
+    return dict(sorted(found.items()))
+
 
 def machine_header() -> str:
-    """One line naming the date, machine, devices and versions of a measurement."""
+    """One line naming the date, machine, devices and versions of a measurement.
+
+    On an accelerator it names the device kind (e.g. ``NVIDIA H100 80GB HBM3``), its compute
+    capability, the memory JAX's allocator may use, the CUDA/ROCm plugin versions and the XLA
+    environment variables that change speed or memory.
+    """
     devices = jax.devices()
-    kinds = sorted({d.device_kind for d in devices})
-    found = ", ".join(f"{k}={v}" for k, v in versions().items())
+    kinds = sorted({_device_details(d) for d in devices})
+    found = ", ".join(f"{k}={v}" for k, v in {**versions(), **_accelerator_versions()}.items())
+    env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("XLA_")]
     return (
-        f"{datetime.date.today().isoformat()} · {platform.machine()} {platform.processor() or ''}"
-        f" {os.cpu_count()} cores · backend {jax.default_backend()} · "
-        f"{len(devices)} device(s): {', '.join(kinds)} · {found}"
+        f"{datetime.date.today().isoformat()} · {_cpu_name()}, {os.cpu_count()} cores · "
+        f"backend {jax.default_backend()} · {len(devices)} device(s): {', '.join(kinds)} · "
+        f"{found}" + (f" · {' '.join(env)}" if env else "")
     )
 
 
@@ -40,17 +106,111 @@ def append_results(title: str, body: str, path: Path = RESULTS) -> None:
         f.write(f"\n## {title}\n\n{body}\n")
 
 
-def parser(doc: str, steps: int = 16, batch: int | None = 64) -> argparse.ArgumentParser:
-    """The arguments every benchmark takes: model, layer, size, steps (and batch).
+def record(args: argparse.Namespace, title: str, text: str) -> None:
+    """Print ``text``; append it under ``title`` with the machine header unless ``--no-record``."""
+    print(text)
+    if args.no_record:
+        print("(--no-record: not appended to benchmarks/RESULTS.md)")
+        return
+    append_results(title, machine_header() + "\n\n" + text)
+    print(f"appended to {RESULTS}")
 
-    >>> parser("A benchmark.").parse_args([]).layer
-    'block3/conv'
+
+def parser(doc: str, steps: int = 16, batch: int | None = 64) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: model, layer, size, steps, rounds, --no-record (and
+    batch). Read them with :func:`parse_args`, which fills in the model's layer and size.
+
+    >>> parse_args(parser("A benchmark."), ["--model", "inceptionv1"]).layer
+    'mixed4a'
     """
     found = argparse.ArgumentParser(description=doc.splitlines()[0])
-    found.add_argument("--model", default="worldnet")
-    found.add_argument("--layer", default="block3/conv")
-    found.add_argument("--size", type=int, default=64)
-    found.add_argument("--steps", type=int, default=steps)
+    found.add_argument("--model", default="worldnet", help="a zoo model (default worldnet)")
+    found.add_argument("--layer", help="default: the model's classic layer (MODEL_DEFAULTS)")
+    found.add_argument("--size", type=int, help="picture size; default: the model's (64 or 224)")
+    found.add_argument("--steps", type=int, default=steps, help="steps per timed render")
+    found.add_argument("--rounds", type=int, default=2, help="timed rounds; the best is kept")
+    found.add_argument(
+        "--transform-scale", type=float, default=1.0,
+        help="transforms are standard(SCALE) (1.0: render's default)",
+    )  # fmt: skip
+    found.add_argument(
+        "--no-record", action="store_true", help="print only; do not append to RESULTS.md"
+    )
     if batch is not None:
-        found.add_argument("--batch", type=int, default=batch)
+        found.add_argument("--batch", type=int, default=batch, help="images per step")
     return found
+
+
+def parse_args(found: argparse.ArgumentParser, argv: list[str] | None = None):
+    """``found.parse_args(argv)`` with ``layer`` and ``size`` filled from the model's defaults."""
+    args = found.parse_args(argv)
+    layer, size = MODEL_DEFAULTS.get(args.model, (None, 128))
+    args.layer = args.layer or layer
+    args.size = args.size or size
+    if args.layer is None:
+        found.error(f"model {args.model!r} has no default layer: give --layer")
+    return args
+
+
+def load_model(name: str, missing_ok: bool = False) -> Model | None:
+    """The zoo model ``name`` (random weights for the real networks). When its module cannot
+    be imported (yet): ``None`` if ``missing_ok``, else exit with a clear line."""
+    try:
+        return zoo.load(name)
+    except (ImportError, AttributeError) as exc:
+        if missing_ok:
+            print(f"model {name!r} cannot be loaded: {exc}")
+            return None
+        raise SystemExit(f"model {name!r} cannot be loaded: {exc}") from exc
+
+
+def channel_objective(model: Model, layer: str, batch: int, size: int) -> Any:
+    """``batch`` channel objectives on ``layer``, cycling through its channels."""
+    n_channels = model.check_layer(layer, size)[-1]
+    return fvjax.objectives.channel(layer, [u % n_channels for u in range(batch)])
+
+
+def abstract(tree: Any) -> Any:
+    """Shapes and dtypes of ``tree``'s arrays, for lowering a program without its data."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+class Limit(NamedTuple):
+    """The model's own forward + backward to its input, compiled for ``shape`` pictures: one
+    gradient step on a layer's mean, weights as arguments. No renderer can step faster."""
+
+    compiled: Any  # jax.stages.Compiled: (params, images) -> images
+    shape: tuple[int, ...]  # (batch, H, W, 3)
+
+    def rate(self, params: Any, steps: int) -> float:
+        """Image-steps/s over ``steps`` calls (compile excluded)."""
+        images = jax.random.uniform(jax.random.key(0), self.shape)
+        images = self.compiled(params, images).block_until_ready()  # first call: transfers
+        start = time.perf_counter()
+        for _ in range(steps):
+            images = self.compiled(params, images)
+        images.block_until_ready()
+        return self.shape[0] * steps / (time.perf_counter() - start)
+
+
+def limit(model: Model, layer: str, batch: int, size: int | tuple[int, int]) -> Limit:
+    """:class:`Limit` of ``model`` at ``layer`` for ``batch`` pictures of ``size``."""
+
+    @jax.jit
+    def step(params: Any, images: jax.Array) -> jax.Array:
+        def loss(x: jax.Array) -> jax.Array:
+            return model.apply(params, x)[layer].mean()
+
+        return images + jax.grad(loss)(images)
+
+    shape = (batch, *as_size(size), 3)
+    images = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return Limit(step.lower(abstract(model.params), images).compile(), shape)
+
+
+def render_rate(model: Model, objective: Any, steps: int, size: int, **kwargs: Any) -> float:
+    """Image-steps/s of one :func:`fvjax.render` call (one seed per member), wall time."""
+    n_images = len(objective.unit_ids())
+    start = time.perf_counter()
+    fvjax.render(model, objective, seeds=1, steps=steps, size=size, **kwargs)
+    return n_images * steps / (time.perf_counter() - start)

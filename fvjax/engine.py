@@ -14,6 +14,7 @@ rendered in. Model weights are passed to the program as arguments, never baked i
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -501,3 +502,154 @@ def render_layer(
     if kind not in makers:
         raise ValueError(f"kind must be one of {sorted(makers)}, got {kind!r}")
     return render(model, makers[kind](layer, units), size=size, **kwargs)
+
+
+# -- what a step costs, compiled but not run ---------------------------------------------------
+
+
+def compile_step(
+    model: Model,
+    objective: objectives_lib.Objective,
+    *,
+    batch: int | None = None,
+    size: int | tuple[int, int] = 128,
+    param: Any = None,
+    transforms: Any = None,
+    optimizer: optax.GradientTransformation | None = None,
+    model_dtype: str = "float32",
+    remat: bool = False,
+) -> jax.stages.Compiled:
+    """The program of one render step for ``batch`` images on one device, compiled, not run.
+
+    The same program :func:`render` runs with ``steps_per_call=1`` (state donated, weights as
+    arguments); nothing is allocated but the compiler's own memory. Ask the result for XLA's
+    static figures: ``.cost_analysis()`` (a dict with ``"flops"``, ``"bytes accessed"``, ...)
+    and ``.memory_analysis()`` (see :func:`step_memory`). ``batch`` images cycle through the
+    members of ``objective`` (default: one image per member); the other arguments are
+    :func:`render`'s.
+
+    >>> import fvjax
+    >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})
+    >>> step = compile_step(model, fvjax.objectives.channel("rgb", [0, 1]), batch=4, size=16,
+    ...                     transforms=fvjax.transforms.identity())
+    >>> step.cost_analysis()["flops"] > 0
+    True
+    """
+    size = as_size(size)
+    param = param if param is not None else param_lib.fourier()
+    transform = transforms if transforms is not None else transforms_lib.standard()
+    optimizer = optimizer if optimizer is not None else default_optimizer()
+    check_sizes(model, objective, size, transform)
+    if model_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
+    members = len(objective.unit_ids())
+    batch = members if batch is None else int(batch)
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    setup = _Setup(model.apply, param, transform, optimizer, size, None, model_dtype, remat)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
+    state = jax.eval_shape(partial(_init_state, setup), keys)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), model.params)
+    chunk_objective = objective.take(np.arange(batch) % members)
+    return _run_steps.lower(setup, 1, state, chunk_objective, keys, params).compile()
+
+
+class StepMemory(NamedTuple):
+    """XLA's buffer plan for one compiled render step (bytes, one device).
+
+    ``total_bytes`` is what the step holds at once: its arguments (the pictures' variables and
+    optimizer state, the weights the step reads), its outputs less those written in place of
+    donated arguments, and its temporaries (activations kept for the backward pass, ...).
+    """
+
+    batch: int
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+
+def step_memory(
+    model: Model, objective: objectives_lib.Objective, batch: int, **kwargs: Any
+) -> StepMemory:
+    """How much memory one render step of ``batch`` images needs, by compiling it (not running).
+
+    Keyword arguments are :func:`compile_step`'s (``size``, ``param``, ``transforms``,
+    ``optimizer``, ``model_dtype``, ``remat``). The figures are the compiling backend's:
+    XLA's CPU backend plans buffers differently from a GPU's (other fusions, no convolution
+    workspace), so on CPU they estimate a GPU's needs, to be checked there. (The CPU
+    backend's own ``peak_memory_in_bytes`` leaves the temporaries out; ``total_bytes`` adds
+    them.)
+
+    >>> import fvjax
+    >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})
+    >>> cheap = dict(size=16, param=fvjax.param.pixel(), transforms=fvjax.transforms.identity())
+    >>> small = step_memory(model, fvjax.objectives.channel("rgb", [0]), 2, **cheap)
+    >>> large = step_memory(model, fvjax.objectives.channel("rgb", [0]), 8, **cheap)
+    >>> large.total_bytes > small.total_bytes
+    True
+    """
+    stats = compile_step(model, objective, batch=batch, **kwargs).memory_analysis()
+    return StepMemory(
+        batch=int(batch),
+        argument_bytes=int(stats.argument_size_in_bytes),
+        output_bytes=int(stats.output_size_in_bytes),
+        alias_bytes=int(stats.alias_size_in_bytes),
+        temp_bytes=int(stats.temp_size_in_bytes),
+    )
+
+
+class MemoryFit(NamedTuple):
+    """``bytes = fixed_bytes + per_image_bytes * batch``, through two :class:`StepMemory`.
+
+    >>> fit = MemoryFit.through(StepMemory(2, 100, 0, 0, 40), StepMemory(4, 100, 0, 0, 80))
+    >>> fit.per_image_bytes, fit.fixed_bytes, fit.largest_batch(300)
+    (20.0, 100.0, 10)
+    """
+
+    fixed_bytes: float
+    per_image_bytes: float
+    points: tuple[StepMemory, ...] = ()
+
+    @classmethod
+    def through(cls, first: StepMemory, second: StepMemory) -> MemoryFit:
+        if first.batch == second.batch:
+            raise ValueError("a fit needs two different batch sizes")
+        per_image = (second.total_bytes - first.total_bytes) / (second.batch - first.batch)
+        fixed = first.total_bytes - per_image * first.batch
+        return cls(float(fixed), float(per_image), (first, second))
+
+    def bytes_at(self, batch: int) -> float:
+        return self.fixed_bytes + self.per_image_bytes * batch
+
+    def largest_batch(self, budget_bytes: float) -> int:
+        """The most images per step whose fitted bytes fit ``budget_bytes`` (0: none fits)."""
+        if self.per_image_bytes <= 0:
+            raise ValueError("memory does not grow with the batch: no largest batch")
+        images = (budget_bytes - self.fixed_bytes) / self.per_image_bytes
+        return max(0, math.floor(images + 1e-9))  # 1e-9: bytes_at(n) itself fits n
+
+
+def fit_memory(
+    model: Model,
+    objective: objectives_lib.Objective,
+    batches: tuple[int, int] = (4, 16),
+    **kwargs: Any,
+) -> MemoryFit:
+    """Fit a render step's memory against the batch from two compiles (:func:`step_memory`);
+    ``fit.largest_batch(budget)`` is then a ``batch_size`` for :func:`render` on a device with
+    ``budget`` bytes free (weights, pictures and optimizer state included).
+
+    >>> import fvjax
+    >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})
+    >>> cheap = dict(size=16, param=fvjax.param.pixel(), transforms=fvjax.transforms.identity())
+    >>> fit = fit_memory(model, fvjax.objectives.channel("rgb", [0]), **cheap)
+    >>> fit.largest_batch(fit.bytes_at(100)) >= 100
+    True
+    """
+    first, second = (step_memory(model, objective, b, **kwargs) for b in batches)
+    return MemoryFit.through(first, second)
