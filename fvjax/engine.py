@@ -334,8 +334,11 @@ def render(
         model_dtype: ``"float32"`` or ``"bfloat16"``: the dtype the model computes in (its
             weights and inputs are cast); the parameterization, optimizer and objective stay
             float32.
-        remat: recompute the model's activations in the backward pass (``jax.checkpoint``):
-            less memory for larger batches, at the price of a second forward pass.
+        remat: wrap the model in one ``jax.checkpoint``: its activations are recomputed in
+            the backward pass instead of kept from the forward pass. One checkpoint around the
+            whole model does not lower the peak (the recomputation holds them all again);
+            XLA's CPU compiler planned 0.99-1.05x the memory (``benchmarks/memory.py``).
+            Real savings need checkpoints per block inside the model, not yet in the zoo.
 
     Returns:
         a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)``.
