@@ -34,7 +34,7 @@ import numpy as np
 
 from fvjax.errors import FvjaxError
 from fvjax.outputs import atomic_write, versions
-from fvjax.weights import WeightsError
+from fvjax.weights import WeightsError, misfit_parts
 
 
 class CheckpointMismatchError(FvjaxError):
@@ -230,11 +230,6 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _listing(items: list[str], most: int = 12) -> str:
-    more = f", ... and {len(items) - most} more" if len(items) > most else ""
-    return ", ".join(items[:most]) + more
-
-
 def _differences(saved: Mapping[str, tuple], wanted: Mapping[str, tuple]) -> list[str]:
     """What keeps the ``saved`` leaves from being the ``wanted`` ones, a phrase per kind."""
     missing = sorted(set(wanted) - set(saved))
@@ -244,14 +239,7 @@ def _differences(saved: Mapping[str, tuple], wanted: Mapping[str, tuple]) -> lis
         for k in sorted(set(saved) & set(wanted))
         if saved[k] != wanted[k]
     ]
-    parts = []
-    if missing:
-        parts.append(f"missing ({len(missing)}): {_listing(missing)}")
-    if unexpected:
-        parts.append(f"unexpected ({len(unexpected)}): {_listing(unexpected)}")
-    if mismatched:
-        parts.append(f"shape mismatches ({len(mismatched)}): {_listing(mismatched)}")
-    return parts
+    return misfit_parts(missing, unexpected, mismatched, most=12)
 
 
 def restore_params(path: str | os.PathLike, like: Mapping) -> dict:

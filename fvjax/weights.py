@@ -248,16 +248,42 @@ def params_from_state_dict(
         for part in entry.flax_path:
             node = node.setdefault(part, {})
         node[leaf] = array
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
+    parts = misfit_parts(missing, unexpected, mismatched, noun="keys")
+    if parts:
         raise WeightsError("the state dict does not fit the model: " + "; ".join(parts))
     return params
+
+
+def misfit_parts(
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    mismatched: Sequence[str],
+    noun: str = "",
+    most: int | None = None,
+) -> list[str]:
+    """One phrase per kind of misfit between weights and a model (none when they fit), each
+    listing its items (the first ``most`` of them, when given).
+
+    >>> misfit_parts(["a.weight"], [], ["b.bias: got (2,), expected (3,)"], noun="keys")
+    ['missing keys (1): a.weight', 'shape mismatches (1): b.bias: got (2,), expected (3,)']
+    """
+
+    def listing(items: Sequence[str], separator: str) -> str:
+        shown = list(items) if most is None else list(items)[:most]
+        more = (
+            f"{separator}... and {len(items) - len(shown)} more" if len(shown) < len(items) else ""
+        )
+        return separator.join(shown) + more
+
+    label = f" {noun}" if noun else ""
+    parts = []
+    if missing:
+        parts.append(f"missing{label} ({len(missing)}): {listing(missing, ', ')}")
+    if unexpected:
+        parts.append(f"unexpected{label} ({len(unexpected)}): {listing(unexpected, ', ')}")
+    if mismatched:
+        parts.append(f"shape mismatches ({len(mismatched)}): {listing(mismatched, '; ')}")
+    return parts
 
 
 def params_tree(
