@@ -84,6 +84,28 @@ class _Setup(NamedTuple):
     remat: bool = False  # recompute the model's activations in the backward pass
 
 
+def _make_setup(
+    model: Model,
+    objective: objectives_lib.Objective,
+    size: int | tuple[int, int],
+    param: Any,
+    transforms: Any,
+    optimizer: optax.GradientTransformation | None,
+    model_dtype: str,
+    remat: bool,
+    mesh: Mesh | None = None,
+) -> _Setup:
+    """:func:`render`'s defaults filled in and its arguments checked, as one :class:`_Setup`."""
+    size = as_size(size)
+    param = param if param is not None else param_lib.fourier()
+    transform = transforms if transforms is not None else transforms_lib.standard()
+    optimizer = optimizer if optimizer is not None else default_optimizer()
+    check_sizes(model, objective, size, transform)
+    if model_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
+    return _Setup(model.apply, param, transform, optimizer, size, mesh, model_dtype, remat)
+
+
 _BATCH, _REPLICATED = PartitionSpec("batch"), PartitionSpec()
 
 
@@ -351,17 +373,17 @@ def render(
     ((2, 2, 16, 16, 3), (2, 2))
     """
     start = time.perf_counter()
-    size = as_size(size)
     seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("seeds must name at least one seed")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    param = param if param is not None else param_lib.fourier()
-    transform = transforms if transforms is not None else transforms_lib.standard()
-    optimizer = optimizer if optimizer is not None else default_optimizer()
     steps_per_call = min(steps_per_call or default_steps_per_call(), steps)
-    check_sizes(model, objective, size, transform)
+    mesh = device_mesh(devices)
+    setup = _make_setup(
+        model, objective, size, param, transforms, optimizer, model_dtype, remat, mesh
+    )
+    size, param, transform = setup.size, setup.param, setup.transform
 
     unit_ids = np.asarray(objective.unit_ids())
     n_units, n_seeds = len(unit_ids), len(seeds)
@@ -374,12 +396,8 @@ def render(
         1,
         0,
     )
-    mesh = device_mesh(devices)
     n_devices = 1 if mesh is None else mesh.size
     chunk, n_chunks = plan_chunks(n_items, batch_size, n_devices)
-    if model_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
-    setup = _Setup(model.apply, param, transform, optimizer, size, mesh, model_dtype, remat)
 
     bar = progress if isinstance(progress, Progress) else None
     if bar is None:
@@ -538,18 +556,11 @@ def compile_step(
     >>> step.cost_analysis()["flops"] > 0
     True
     """
-    size = as_size(size)
-    param = param if param is not None else param_lib.fourier()
-    transform = transforms if transforms is not None else transforms_lib.standard()
-    optimizer = optimizer if optimizer is not None else default_optimizer()
-    check_sizes(model, objective, size, transform)
-    if model_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
+    setup = _make_setup(model, objective, size, param, transforms, optimizer, model_dtype, remat)
     members = len(objective.unit_ids())
     batch = members if batch is None else int(batch)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    setup = _Setup(model.apply, param, transform, optimizer, size, None, model_dtype, remat)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
     state = jax.eval_shape(partial(_init_state, setup), keys)
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), model.params)
