@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 import fvjax
 from fvjax import zoo
+from fvjax.engine import abstract
 from fvjax.models import Model, as_size
 from fvjax.outputs import versions
 
@@ -168,11 +169,6 @@ def channel_objective(model: Model, layer: str, batch: int, size: int) -> Any:
     """``batch`` channel objectives on ``layer``, cycling through its channels."""
     n_channels = model.check_layer(layer, size)[-1]
     return fvjax.objectives.channel(layer, [u % n_channels for u in range(batch)])
-
-
-def abstract(tree: Any) -> Any:
-    """Shapes and dtypes of ``tree``'s arrays, for lowering a program without its data."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
 
 
 class Limit(NamedTuple):

@@ -563,9 +563,14 @@ def compile_step(
         raise ValueError(f"batch must be at least 1, got {batch}")
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
     state = jax.eval_shape(partial(_init_state, setup), keys)
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), model.params)
+    params = abstract(model.params)
     chunk_objective = objective.take(np.arange(batch) % members)
     return _run_steps.lower(setup, 1, state, chunk_objective, keys, params).compile()
+
+
+def abstract(tree: Any) -> Any:
+    """Shapes and dtypes of ``tree``'s arrays, for compiling a program without its data."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
 
 
 class StepMemory(NamedTuple):
