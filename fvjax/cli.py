@@ -109,8 +109,7 @@ def _checkpoint_root(config: config_lib.Config, data: dict[str, Any], output: Pa
     if not config.checkpoint:
         return None
     same_pictures = {k: v for k, v in data.items() if k not in _NOT_IN_PICTURES}
-    digest = hashlib.sha256(config_lib.canonical_json(same_pictures).encode()).hexdigest()
-    return output / ".checkpoints" / digest[:16]
+    return output / ".checkpoints" / config_lib.data_sha256(same_pictures)[:16]
 
 
 _NOT_IN_PICTURES = ("output", "progress", "checkpoint", "checkpoint_every", "distributed")

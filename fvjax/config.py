@@ -436,6 +436,11 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def data_sha256(data: Any) -> str:
+    """SHA-256 hex of ``data``'s :func:`canonical_json`: equal data, equal hash."""
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
 def resolve(config: Config) -> tuple[dict[str, Any], str]:
     """``(plain dict of every key, SHA-256 hex of its canonical JSON)``.
 
@@ -444,7 +449,7 @@ def resolve(config: Config) -> tuple[dict[str, Any], str]:
     (64, 256)
     """
     data = to_dict(config)
-    return data, hashlib.sha256(canonical_json(data).encode()).hexdigest()
+    return data, data_sha256(data)
 
 
 def describe() -> str:

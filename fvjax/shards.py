@@ -21,7 +21,6 @@ one-process render writes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -162,10 +161,10 @@ def merge(path: str | Path) -> dict[str, Any]:
                 f"{directory} rendered another job than {shards[0][0].name} "
                 f"(config keys differ: {', '.join(keys)})"
             )
-    from fvjax.config import canonical_json  # config imports this module
+    from fvjax.config import data_sha256  # config imports this module
 
     config = dict(first["config"], shard="auto")
-    sha = hashlib.sha256(canonical_json(config).encode()).hexdigest()
+    sha = data_sha256(config)
     out = outputs.RenderOutput(path, config, sha, model=first["model"])
     out.extra["shards"] = [
         {
