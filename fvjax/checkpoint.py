@@ -24,7 +24,8 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,19 +48,47 @@ def _checkpointer():
     return ocp.StandardCheckpointer()
 
 
+def _write_directory(path: Path, write: Callable[[Path], None]) -> None:
+    """Make directory ``path`` whole or not at all: ``write(staging)`` fills a hidden sibling,
+    which is then renamed into place (replacing an old ``path``). A kill mid-way leaves the old
+    ``path`` or, between the two renames of a replacement, no ``path``; never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling, so the renames stay on one filesystem (and atomic); hidden while unfinished.
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    staging.mkdir()
+    try:
+        write(staging)
+        if _exists(path):  # rename() cannot replace a non-empty directory
+            old = staging.with_name(f"{staging.name}.old")
+            os.rename(path, old)
+            os.rename(staging, path)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        else:
+            os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _save(path: Path, tree: Any) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    checkpointer = _checkpointer()
-    checkpointer.save(path.resolve(), {"leaves": [np.asarray(x) for x in jax.tree.leaves(tree)]})
-    checkpointer.wait_until_finished()
+    leaves = {"leaves": [np.asarray(x) for x in jax.tree.leaves(tree)]}
+
+    def write(staging: Path) -> None:
+        checkpointer = _checkpointer()
+        checkpointer.save((staging / "tree").resolve(), leaves)
+        checkpointer.wait_until_finished()
+
+    _write_directory(path, write)
 
 
 def _restore(path: Path, like: Any) -> Any:
     """Restore into the structure (and dtypes) of ``like``."""
     leaves, treedef = jax.tree.flatten(like)
     abstract = {"leaves": [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]}
-    restored = _checkpointer().restore(path.resolve(), abstract)["leaves"]
+    restored = _checkpointer().restore((path / "tree").resolve(), abstract)["leaves"]
     return jax.tree.unflatten(treedef, [np.asarray(x) for x in restored])
 
 
@@ -117,7 +146,15 @@ class RenderCheckpoint:
         if not path.is_dir():
             return None
         like = {"meta": np.zeros(2, np.int32), "state": state_like, "history": history_like}
-        restored = _restore(path, like)
+        try:
+            restored = _restore(path, like)
+        except (ValueError, OSError) as exc:  # e.g. written by an older fvjax, or damaged
+            warnings.warn(
+                f"{path}: unreadable in-flight checkpoint ({exc}); its chunk starts over",
+                stacklevel=2,
+            )
+            shutil.rmtree(path, ignore_errors=True)
+            return None
         saved_chunk, done = (int(v) for v in restored["meta"])
         if saved_chunk != chunk:
             return None
@@ -177,26 +214,12 @@ def save_params(
         "bytes": int(sum(x.nbytes for x in leaves)),
         "versions": versions() | {"orbax-checkpoint": metadata.version("orbax-checkpoint")},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling, so the renames stay on one filesystem (and atomic); hidden while unfinished.
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    staging.mkdir()
-    try:
+
+    def write(staging: Path) -> None:
         _params_checkpointer().save((staging / PARAMS).resolve(), args=ocp.args.PyTreeSave(tree))
         atomic_write(staging / RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
-        if _exists(path):  # overwrite; rename() cannot replace a non-empty directory
-            old = staging.with_name(f"{staging.name}.old")
-            os.rename(path, old)
-            os.rename(staging, path)
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            os.rename(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    _write_directory(path, write)
     return record
 
 

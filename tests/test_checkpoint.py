@@ -13,7 +13,7 @@ import fvjax
 from fvjax import objectives as O
 from fvjax import param as P
 from fvjax import transforms as T
-from fvjax.checkpoint import CheckpointMismatchError
+from fvjax.checkpoint import CheckpointMismatchError, RenderCheckpoint
 from fvjax.progress import Progress
 
 KWARGS = dict(
@@ -170,3 +170,17 @@ def test_the_cli_resumes_a_killed_job_from_its_checkpoints(tmp_path, monkeypatch
     resumed = (out / "block2" / "unit0009_seed0.png").read_bytes()
     assert cli.main([*args[:3], f"output={tmp_path / 'whole'}", *args[4:]]) == 0
     assert (tmp_path / "whole" / "block2" / "unit0009_seed0.png").read_bytes() == resumed
+
+
+def test_an_unreadable_inflight_checkpoint_restarts_its_chunk(tmp_path):
+    """At most the chunk in flight is lost: damaged in-flight state is dropped with a warning."""
+    ckpt = RenderCheckpoint(tmp_path, {"label": "channel:rgb"})
+    state, history = {"x": np.ones(3, np.float32)}, np.zeros((4, 2), np.float32)
+    ckpt.save_inflight(0, 2, state, history)
+    assert ckpt.load_inflight(0, state, history)[0] == 2
+    for f in (tmp_path / "inflight").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"")  # every file truncated, as a torn write would leave them
+    with pytest.warns(UserWarning, match="unreadable in-flight checkpoint"):
+        assert ckpt.load_inflight(0, state, history) is None
+    assert not (tmp_path / "inflight").exists()
