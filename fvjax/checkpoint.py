@@ -104,6 +104,8 @@ class RenderCheckpoint:
     def __init__(self, directory: str | Path, job: dict[str, Any]) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        for leftover in self.directory.glob(".*.tmp*"):  # staging of a killed save
+            shutil.rmtree(leftover, ignore_errors=True)
         job_file = self.directory / "job.json"
         text = json.dumps(job, sort_keys=True, indent=1)
         if job_file.exists():

@@ -184,3 +184,6 @@ def test_an_unreadable_inflight_checkpoint_restarts_its_chunk(tmp_path):
     with pytest.warns(UserWarning, match="unreadable in-flight checkpoint"):
         assert ckpt.load_inflight(0, state, history) is None
     assert not (tmp_path / "inflight").exists()
+    (tmp_path / ".inflight.0123abcd.tmp").mkdir()  # what a save killed mid-way leaves
+    RenderCheckpoint(tmp_path, {"label": "channel:rgb"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json"]
