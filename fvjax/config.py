@@ -50,7 +50,7 @@ from fvjax import objectives as objectives_lib
 from fvjax import param as param_lib
 from fvjax import shards, zoo
 from fvjax import transforms as transforms_lib
-from fvjax.engine import check_sizes
+from fvjax.engine import REMAT, check_sizes
 from fvjax.errors import ConfigError, did_you_mean, unknown_layer
 from fvjax.models import Model, as_size
 
@@ -265,6 +265,12 @@ class Config(_Checked):
     batch_size: int = _key(_integer(0), 0, "pictures per compiled chunk (0: all)")
     steps_per_call: int = _key(_integer(0), 0, "steps per compiled call (0: engine default)")
     devices: int = _key(_integer(0), 0, "local devices sharing each chunk (0: all)")
+    model_dtype: str = _key(
+        _one_of(("float32", "bfloat16")), "float32", "the model's compute dtype (pictures: float32)"
+    )
+    remat: str = _key(
+        _one_of(REMAT), "none", "what the backward pass recomputes: none | convs | blocks"
+    )
     shard: str = _key(
         _shard, "auto", "this process's slice of the units, 'K/N', or 'auto' (JAX's process)"
     )
@@ -559,12 +565,19 @@ class Job(NamedTuple):
             "batch_size": c.batch_size or None,
             "steps_per_call": c.steps_per_call or None,
             "devices": c.devices or None,
+            "model_dtype": c.model_dtype,
+            "remat": c.remat,
         }
 
 
 def build_job(config: Config) -> Job:
     """Model, checked objectives, param, transform and optimizer of ``config``."""
     model = build_model(config)
+    if config.remat == "blocks" and model.remat_apply is None:
+        raise ConfigError(
+            f"config key 'remat' is 'blocks' but model {config.model!r} has no per-block "
+            "checkpoints; use 'convs' (any model) or 'none'"
+        )
     objectives = build_objectives(config, model)
     transform = build_transforms(config)
     for objective in objectives.values():

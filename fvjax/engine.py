@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -81,7 +82,7 @@ class _Setup(NamedTuple):
     size: tuple[int, int]
     mesh: Mesh | None = None  # images split over its "batch" axis; None: one device
     model_dtype: str = "float32"  # the model's compute dtype; pictures stay float32
-    remat: bool = False  # recompute the model's activations in the backward pass
+    remat: str = "none"  # what the backward pass recomputes: see REMAT
 
 
 def _make_setup(
@@ -92,7 +93,7 @@ def _make_setup(
     transforms: Any,
     optimizer: optax.GradientTransformation | None,
     model_dtype: str,
-    remat: bool,
+    remat: str,
     mesh: Mesh | None = None,
 ) -> _Setup:
     """:func:`render`'s defaults filled in and its arguments checked, as one :class:`_Setup`."""
@@ -103,7 +104,31 @@ def _make_setup(
     check_sizes(model, objective, size, transform)
     if model_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
-    return _Setup(model.apply, param, transform, optimizer, size, mesh, model_dtype, remat)
+    if not isinstance(remat, str) or remat not in REMAT:
+        raise ValueError(f"remat must be one of {', '.join(map(repr, REMAT))}, got {remat!r}")
+    apply = model.apply
+    if remat == "blocks":
+        if model.remat_apply is None:
+            raise ValueError(
+                f"model {model.name!r} has no per-block checkpoints for remat='blocks' (give "
+                "from_linen a remat_module, or from_fn a remat_fn); remat='convs' needs none"
+            )
+        apply = model.remat_apply
+    return _Setup(apply, param, transform, optimizer, size, mesh, model_dtype, remat)
+
+
+#: What the backward pass recomputes instead of keeping from the forward pass:
+#: ``"none"`` keeps all that autodiff saves; ``"convs"`` keeps only the outputs of convolutions
+#: and matrix products and recomputes the cheap rest (activation functions, normalizations,
+#: pooling), in any model; ``"blocks"`` keeps only the inputs of the model's blocks and runs
+#: each block's forward pass again (one more forward pass of compute), for models that define
+#: blocks (``Model.remat_apply``: the zoo's InceptionV1, ResNet-50, VGG-16).
+REMAT = ("none", "convs", "blocks")
+
+
+def _saves_products(primitive: Any, *args: Any, **params: Any) -> bool:
+    """The ``jax.checkpoint`` policy of ``remat="convs"``: keep what is costly to recompute."""
+    return primitive.name in ("conv_general_dilated", "dot_general")
 
 
 _BATCH, _REPLICATED = PartitionSpec("batch"), PartitionSpec()
@@ -145,31 +170,52 @@ def default_optimizer() -> optax.GradientTransformation:
     return _DEFAULTS["optimizer"]
 
 
-def _model_activations(setup: _Setup, params: Any, images: Array) -> dict[str, Array]:
-    """The model on ``images``, in ``setup.model_dtype``, activations back in float32."""
-    apply = jax.checkpoint(setup.apply) if setup.remat else setup.apply
+def _model_activations(
+    setup: _Setup, params: Any, images: Array, layers: Iterable[str]
+) -> dict[str, Array]:
+    """The model's ``layers`` on ``images``, computed in ``setup.model_dtype``, in float32."""
+    apply = setup.apply  # remat="blocks": the model's own checkpoints are in it
+    if setup.remat == "convs":
+        apply = jax.checkpoint(apply, policy=_saves_products)
     if setup.model_dtype == "float32":
-        return apply(params, images)
+        activations = apply(params, images)
+        return {name: activations[name] for name in layers}
     dtype = jnp.dtype(setup.model_dtype)
 
     def cast(x: Any) -> Any:
         return x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
 
     activations = apply(jax.tree.map(cast, params), images.astype(dtype))
-    return {name: a.astype(jnp.float32) for name, a in activations.items()}
+    wider = sorted(name for name in layers if activations[name].dtype.itemsize > dtype.itemsize)
+    if wider:  # at trace time: once per compiled program
+        warnings.warn(
+            f"model_dtype={setup.model_dtype!r}, but layers {', '.join(wider)} come out as "
+            f"{activations[wider[0]].dtype}: a float32 constant inside the model (say its input "
+            "normalization) promotes the computation; cast such constants to the input's dtype",
+            stacklevel=2,
+        )
+    return {name: activations[name].astype(jnp.float32) for name in layers}
 
 
 def _objective_values(
     setup: _Setup, raw: Any, objective: Any, keys: Array | None, params: Any, step: Array
 ) -> Array:
     """``(N,)`` objective values of the pictures ``raw`` (transformed when ``keys`` given)."""
-    images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
-    inputs = images
-    if keys is not None:
+
+    def pictures(raw: Any) -> tuple[Array, Array]:
+        images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
+        if keys is None:
+            return images, images
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-        inputs = jax.vmap(setup.transform)(step_keys, images)
-    activations = _model_activations(setup, params, inputs)
-    needed = {name: activations[name] for name in objective.layers if name != INPUT}
+        return images, jax.vmap(setup.transform)(step_keys, images)
+
+    if setup.remat != "none":
+        # The transforms' resampling keeps ~60 floats per pixel for its backward pass (more
+        # than InceptionV1's stem does): recompute the whole picture pipeline, which is cheap.
+        pictures = jax.checkpoint(pictures)
+    images, inputs = pictures(raw)
+    layers = [name for name in objective.layers if name != INPUT]
+    needed = _model_activations(setup, params, inputs, layers)
     if INPUT in objective.layers:
         needed[INPUT] = images
     return jax.vmap(lambda o, a: o(a), in_axes=(objective.vmap_axes(), 0))(objective, needed)
@@ -324,7 +370,7 @@ def render(
     checkpoint_every: int | None = None,
     devices: int | Sequence[Any] | None = None,
     model_dtype: str = "float32",
-    remat: bool = False,
+    remat: str = "none",
 ) -> RenderResult:
     """Optimize a picture for every member of ``objective`` and every seed, in one program.
 
@@ -356,11 +402,11 @@ def render(
         model_dtype: ``"float32"`` or ``"bfloat16"``: the dtype the model computes in (its
             weights and inputs are cast); the parameterization, optimizer and objective stay
             float32.
-        remat: wrap the model in one ``jax.checkpoint``: its activations are recomputed in
-            the backward pass instead of kept from the forward pass. One checkpoint around the
-            whole model does not lower the peak (the recomputation holds them all again);
-            XLA's CPU compiler planned 0.99-1.05x the memory (``benchmarks/memory.py``).
-            Real savings need checkpoints per block inside the model, not yet in the zoo.
+        remat: what the backward pass recomputes rather than keeps (:data:`REMAT`):
+            ``"none"``, ``"convs"`` (keep convolution outputs only; any model) or ``"blocks"``
+            (keep block inputs only; models with ``remat_apply``). Same pictures within float
+            rounding; less memory per picture for a little (``convs``) or one forward pass
+            (``blocks``) more compute. :func:`residual_bytes` measures what is kept.
 
     Returns:
         a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)``.
@@ -422,6 +468,7 @@ def render(
             "model": model.name,
             "devices": n_devices,
             "model_dtype": model_dtype,
+            "remat": remat,
         }
         ckpt = RenderCheckpoint(checkpoint_dir, job)
     finished = set(ckpt.finished_chunks()) if ckpt else set()
@@ -528,7 +575,7 @@ def render_layer(
 # -- what a step costs, compiled but not run ---------------------------------------------------
 
 
-def compile_step(
+def lower_step(
     model: Model,
     objective: objectives_lib.Objective,
     *,
@@ -538,16 +585,38 @@ def compile_step(
     transforms: Any = None,
     optimizer: optax.GradientTransformation | None = None,
     model_dtype: str = "float32",
-    remat: bool = False,
-) -> jax.stages.Compiled:
-    """The program of one render step for ``batch`` images on one device, compiled, not run.
+    remat: str = "none",
+) -> jax.stages.Lowered:
+    """The program of one render step for ``batch`` images on one device, as handed to XLA.
 
     The same program :func:`render` runs with ``steps_per_call=1`` (state donated, weights as
-    arguments); nothing is allocated but the compiler's own memory. Ask the result for XLA's
-    static figures: ``.cost_analysis()`` (a dict with ``"flops"``, ``"bytes accessed"``, ...)
-    and ``.memory_analysis()`` (see :func:`step_memory`). ``batch`` images cycle through the
-    members of ``objective`` (default: one image per member); the other arguments are
-    :func:`render`'s.
+    arguments); nothing is allocated or run. Its ``.cost_analysis()["flops"]`` counts the work
+    before XLA's optimizations, recomputation by ``remat`` included (XLA's CPU compiler merges
+    that back; see :func:`residual_bytes`); ``.compile()`` gives :func:`compile_step`'s
+    result. ``batch`` images cycle through the members of ``objective`` (default: one image
+    per member); the other arguments are :func:`render`'s.
+
+    >>> import fvjax
+    >>> model = fvjax.models.from_fn(lambda x: {"sq": jnp.sin(x) * x})
+    >>> cheap = dict(batch=2, size=8, param=fvjax.param.pixel(),
+    ...              transforms=fvjax.transforms.identity())
+    >>> flops = {remat: lower_step(model, fvjax.objectives.channel("sq", [0]), remat=remat,
+    ...                            **cheap).cost_analysis()["flops"] for remat in REMAT[:2]}
+    >>> flops["convs"] > flops["none"]  # sin is computed again in the backward pass
+    True
+    """
+    setup = _make_setup(model, objective, size, param, transforms, optimizer, model_dtype, remat)
+    state, chunk_objective, keys, params = _abstract_step(setup, model, objective, batch)
+    return _run_steps.lower(setup, 1, state, chunk_objective, keys, params)
+
+
+def compile_step(
+    model: Model, objective: objectives_lib.Objective, **kwargs: Any
+) -> jax.stages.Compiled:
+    """:func:`lower_step`'s program compiled, not run (same keyword arguments).
+
+    Ask the result for XLA's static figures: ``.cost_analysis()`` (a dict with ``"flops"``,
+    ``"bytes accessed"``, ...) and ``.memory_analysis()`` (see :func:`step_memory`).
 
     >>> import fvjax
     >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})
@@ -556,16 +625,58 @@ def compile_step(
     >>> step.cost_analysis()["flops"] > 0
     True
     """
-    setup = _make_setup(model, objective, size, param, transforms, optimizer, model_dtype, remat)
+    return lower_step(model, objective, **kwargs).compile()
+
+
+def _abstract_step(setup: _Setup, model: Model, objective: Any, batch: int | None) -> tuple:
+    """Shapes of one step's ``(state, objective, keys, params)`` for ``batch`` images that
+    cycle through the members of ``objective`` (default: one image per member)."""
     members = len(objective.unit_ids())
     batch = members if batch is None else int(batch)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
     state = jax.eval_shape(partial(_init_state, setup), keys)
-    params = abstract(model.params)
-    chunk_objective = objective.take(np.arange(batch) % members)
-    return _run_steps.lower(setup, 1, state, chunk_objective, keys, params).compile()
+    return state, objective.take(np.arange(batch) % members), keys, abstract(model.params)
+
+
+def residual_bytes(
+    model: Model,
+    objective: objectives_lib.Objective,
+    batch: int,
+    *,
+    size: int | tuple[int, int] = 128,
+    param: Any = None,
+    transforms: Any = None,
+    model_dtype: str = "float32",
+    remat: str = "none",
+) -> int:
+    """Bytes a render step's backward pass keeps from its forward pass, for ``batch`` images.
+
+    These are the values autodiff saves (activations, masks, the weights the backward pass
+    reads), as JAX hands them to the compiler, so the figure is the same on every backend and
+    shows what ``remat`` changes. XLA's CPU compiler undoes rematerialisation (it merges the
+    recomputed forward pass back into the first), so there :func:`step_memory` cannot show
+    it. XLA may still fuse away a few cheap saved values (broadcast zeros), so the ``"none"``
+    figure is an upper bound. Nothing is compiled or run.
+
+    >>> import fvjax
+    >>> model = fvjax.models.from_fn(lambda x: {"sq": jnp.sin(x) * x})
+    >>> cheap = dict(size=8, param=fvjax.param.pixel(), transforms=fvjax.transforms.identity())
+    >>> residual_bytes(model, fvjax.objectives.channel("sq", [0]), 2, **cheap) > 0
+    True
+    """
+    setup = _make_setup(model, objective, size, param, transforms, None, model_dtype, remat)
+    state, chunk_objective, keys, params = _abstract_step(setup, model, objective, batch)
+
+    def backward(raw: Any, objective: Any, keys: Array, params: Any, step: Array) -> Any:
+        def loss(raw: Any) -> Array:
+            return -_objective_values(setup, raw, objective, keys, params, step).sum()
+
+        return jax.vjp(loss, raw)[1]
+
+    saved = jax.eval_shape(backward, state.raw, chunk_objective, keys, params, state.step)
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(saved))
 
 
 def abstract(tree: Any) -> Any:

@@ -45,6 +45,10 @@ class Model:
     name: str = "model"
     #: Optional names of a layer's units, e.g. ``{"logits": ("red", "green", ...)}``.
     unit_names: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+    #: ``apply`` with each block of the network under its own ``jax.checkpoint`` (the same
+    #: params, the same activations): what ``render(..., remat="blocks")`` runs. ``None``: the
+    #: model has no block structure to checkpoint.
+    remat_apply: Callable[[Any, Array], Activations] | None = None
 
     def unit_name(self, layer: str, unit: int) -> str | None:
         """The name of ``unit`` of ``layer``, when the model names it."""
@@ -116,7 +120,8 @@ def normalize(mean: Any, std: Any, scale: float = 1.0) -> Callable[[Array], Arra
     std = np.asarray(std, np.float32)
 
     def preprocess(images: Array) -> Array:
-        return (scale * images - mean) / std
+        # In the images' dtype: float32 statistics would promote a bfloat16 model to float32.
+        return (scale * images - mean.astype(images.dtype)) / std.astype(images.dtype)
 
     return preprocess
 
@@ -148,16 +153,25 @@ def _fn_apply(fn: Callable, with_params: bool, name: str) -> Callable[[Any, Arra
     return cache[(with_params, name)]
 
 
-def from_fn(fn: Callable[..., Mapping[str, Array]], params: Any = None, name: str = "fn") -> Model:
+def from_fn(
+    fn: Callable[..., Mapping[str, Array]],
+    params: Any = None,
+    name: str = "fn",
+    remat_fn: Callable[..., Mapping[str, Array]] | None = None,
+) -> Model:
     """A model from a plain function: ``fn(images)``, or ``fn(params, images)`` when ``params``
     is given (pass weights that way: they then stay arguments of the jitted program).
+    ``remat_fn``: the same function with its blocks wrapped in ``jax.checkpoint``, for
+    ``render(..., remat="blocks")``.
 
     >>> model = from_fn(lambda w, x: {"proj": x @ w}, params=jnp.ones((3, 2)))
     >>> model.layer_shapes(4)
     {'proj': (4, 4, 2)}
     """
 
-    return Model(apply=_fn_apply(fn, params is not None, name), params=params, name=name)
+    with_params = params is not None
+    remat_apply = None if remat_fn is None else _fn_apply(remat_fn, with_params, name)
+    return Model(_fn_apply(fn, with_params, name), params, name, remat_apply=remat_apply)
 
 
 def _flatten_captured(tree: Mapping, prefix: tuple[str, ...] = ()) -> Activations:
@@ -187,6 +201,7 @@ def from_linen(
     variables: Any,
     preprocess: Callable[[Array], Array] | None = None,
     name: str | None = None,
+    remat_module: Any = None,
     **apply_kwargs: Any,
 ) -> Model:
     """A model from a Flax linen module and its variables, without touching its code.
@@ -194,6 +209,8 @@ def from_linen(
     Every submodule's output becomes a layer named by its module path (``"block3/conv"``), and
     values the module ``sow``s into ``"intermediates"`` are layers too. The whole model's output
     is ``"output"``. ``apply_kwargs`` go to ``module.apply`` (e.g. ``train=False``).
+    ``remat_module``: the same network with its blocks wrapped in ``nn.remat`` (same variables,
+    same module paths), for ``render(..., remat="blocks")``.
 
     >>> import flax.linen as nn
     >>> module = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu, nn.Conv(2, (3, 3))])
@@ -203,17 +220,25 @@ def from_linen(
     """
     preprocess = preprocess or _identity
 
-    def apply(variables: Any, images: Array) -> Activations:
-        _, state = module.apply(
-            variables,
-            preprocess(images),
-            capture_intermediates=True,
-            mutable=["intermediates"],
-            **apply_kwargs,
-        )
-        return _flatten_captured(state["intermediates"])
+    def applying(network: Any) -> Callable[[Any, Array], Activations]:
+        # Capturing inside a checkpointed block costs nothing: outputs no objective reads are
+        # dropped before autodiff decides what to keep for the backward pass.
+        def apply(variables: Any, images: Array) -> Activations:
+            _, state = network.apply(
+                variables,
+                preprocess(images),
+                capture_intermediates=True,
+                mutable=["intermediates"],
+                **apply_kwargs,
+            )
+            return _flatten_captured(state["intermediates"])
 
-    return Model(apply=apply, params=variables, name=name or type(module).__name__)
+        return apply
+
+    remat_apply = None if remat_module is None else applying(remat_module)
+    return Model(
+        applying(module), variables, name or type(module).__name__, remat_apply=remat_apply
+    )
 
 
 def from_nnx(

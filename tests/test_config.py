@@ -18,6 +18,7 @@ def test_defaults_are_valid_and_resolve_to_every_key():
         "model", "layers", "units", "objective", "seeds", "steps", "size", "batch_size",
         "steps_per_call", "param", "transforms", "optimizer", "output", "progress",
         "checkpoint", "checkpoint_every", "devices", "weights", "shard", "distributed",
+        "model_dtype", "remat",
     }  # fmt: skip
     assert data["param"] == {"kind": "fourier", "decorrelate": True, "decay": 1.0,
                              "output": "sigmoid"}  # fmt: skip
@@ -104,6 +105,8 @@ def test_malformed_overrides_are_config_errors(override):
         ({"optimizer": {"learning_rate": 0}}, r"'optimizer.learning_rate'"),
         ({"model": "tinny"}, r"unknown model 'tinny'.*Did you mean 'tiny'"),
         ({"output": ""}, r"'output'"),
+        ({"remat": True}, r"'remat' must be one of none, convs, blocks, got True"),
+        ({"model_dtype": "float16"}, r"'model_dtype' must be one of float32, bfloat16"),
     ],
 )
 def test_bad_values_are_config_errors(data, match):
@@ -260,6 +263,11 @@ def test_job_builds_one_optimizer_and_the_engine_objects():
     assert job.transform == fvjax.transforms.standard(0.25)
     kwargs = job.render_kwargs()
     assert kwargs["batch_size"] == 4 and kwargs["steps_per_call"] is None
+    assert kwargs["remat"] == "none" and kwargs["model_dtype"] == "float32"
+    lean = config_lib.build_job(from_dict({"layers": ["block2"], "size": 16}, ["remat='convs'"]))
+    assert lean.render_kwargs()["remat"] == "convs"
+    with pytest.raises(ConfigError, match="'remat' is 'blocks' but model 'tiny' has no per-block"):
+        config_lib.build_job(from_dict({"layers": ["block2"], "size": 16, "remat": "blocks"}))
     pixel = from_dict({}, ["param.kind=pixel", "param.decorrelate=false", "transforms.preset=none"])
     assert config_lib.build_param(pixel) == fvjax.param.pixel(decorrelate=False)
     assert config_lib.build_transforms(pixel) == fvjax.transforms.identity()

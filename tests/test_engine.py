@@ -151,10 +151,14 @@ def test_bfloat16_model_and_remat_render_close_to_float32():
     objective = O.channel("proj", [0, 2])
     base = fvjax.render(model, objective, seeds=2, **FAST)
     bf16 = fvjax.render(model, objective, seeds=2, model_dtype="bfloat16", **FAST)
-    remat = fvjax.render(model, objective, seeds=2, remat=True, **FAST)
+    remat = fvjax.render(model, objective, seeds=2, remat="convs", **FAST)
     assert bf16.images.dtype == np.float32
     assert not np.array_equal(bf16.history, base.history)  # the model really ran in bf16
     np.testing.assert_allclose(bf16.activations, base.activations, atol=0.05)
     np.testing.assert_allclose(remat.images, base.images, atol=1e-6)
     with pytest.raises(ValueError, match="model_dtype must be"):
         fvjax.render(model, objective, model_dtype="float16", **FAST)
+    # A float32 constant inside the model would quietly run it in float32: said, not hidden.
+    promoting = fvjax.from_fn(lambda w, x: {"proj": x @ w + jnp.ones(3)}, params=jnp.eye(3))
+    with pytest.warns(UserWarning, match="layers proj come out as float32"):
+        fvjax.render(promoting, objective, model_dtype="bfloat16", **FAST)

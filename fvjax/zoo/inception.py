@@ -98,6 +98,10 @@ def _max_pool(x: jax.Array, stride: int) -> jax.Array:
     return nn.max_pool(x, (3, 3), strides=(stride, stride), padding="SAME")
 
 
+def _unchanged(target: Any) -> Any:
+    return target
+
+
 class ConvReLU(nn.Module):
     """A convolution named ``pre_relu`` (TF ``"SAME"`` padding), then ReLU."""
 
@@ -148,18 +152,27 @@ class InceptionV1(nn.Module):
     """
 
     lrn: LRNSettings = INCEPTION5H_LRN
+    #: Each block under its own checkpoint (``nn.remat``): ``conv2d0`` with its pool and LRN,
+    #: ``conv2d1`` to the stem's last pool, each mixed block. Same params and layers.
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = ConvReLU(64, 7, stride=2, name="conv2d0")(x)
-        x = local_response_norm(_max_pool(x, 2), self.lrn)
-        x = ConvReLU(64, 1, name="conv2d1")(x)
-        x = ConvReLU(192, 3, name="conv2d2")(x)
-        x = _max_pool(local_response_norm(x, self.lrn), 2)
+        def stem0(module: nn.Module, x: jax.Array) -> jax.Array:
+            x = ConvReLU(64, 7, stride=2, name="conv2d0", parent=module)(x)
+            return local_response_norm(_max_pool(x, 2), self.lrn)
+
+        def stem1(module: nn.Module, x: jax.Array) -> jax.Array:
+            x = ConvReLU(64, 1, name="conv2d1", parent=module)(x)
+            x = ConvReLU(192, 3, name="conv2d2", parent=module)(x)
+            return _max_pool(local_response_norm(x, self.lrn), 2)
+
+        block = nn.remat if self.remat else _unchanged
+        x = block(stem1)(self, block(stem0)(self, x))
         for name, channels in MIXED.items():
             if name in _POOLED_BEFORE:
                 x = _max_pool(x, 2)
-            x = Mixed(channels, name=name)(x)
+            x = block(Mixed)(channels, name=name)(x)
         logits = nn.Dense(N_CLASSES, name="softmax2_pre_activation")(x.mean(axis=(1, 2)))
         probabilities = nn.softmax(logits)
         self.sow("intermediates", "softmax2", probabilities)
@@ -226,6 +239,7 @@ def build(params: Any, lrn: LRNSettings = INCEPTION5H_LRN) -> Model:
         {"params": params},
         preprocess=normalize(mean=(INPUT_MEAN,) * 3, std=(1.0,) * 3, scale=INPUT_SCALE),
         name="inceptionv1",
+        remat_module=InceptionV1(lrn=lrn, remat=True),
     )
 
 

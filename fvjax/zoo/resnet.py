@@ -76,8 +76,9 @@ class BatchNorm(nn.Module):
         return (x - mean) * (scale * jax.lax.rsqrt(var + self.eps)) + bias
 
 
-def _conv(features: int, size: int, stride: int = 1, name: str | None = None) -> nn.Conv:
-    """A bias-free ``size x size`` convolution padded ``(size - 1) // 2`` each side, as torch."""
+def _conv(features: int, size: int, stride: int = 1, **module: Any) -> nn.Conv:
+    """A bias-free ``size x size`` convolution padded ``(size - 1) // 2`` each side, as torch;
+    ``module``: ``name`` and ``parent``."""
     pad = (size - 1) // 2
     return nn.Conv(
         features,
@@ -85,7 +86,7 @@ def _conv(features: int, size: int, stride: int = 1, name: str | None = None) ->
         strides=stride,
         padding=((pad, pad), (pad, pad)),
         use_bias=False,
-        name=name,
+        **module,
     )
 
 
@@ -124,11 +125,13 @@ class Stage(nn.Module):
     blocks: int
     width: int
     stride: int
+    remat: bool = False  # each bottleneck under its own checkpoint
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        block = nn.remat(Bottleneck) if self.remat else Bottleneck
         for i in range(self.blocks):
-            x = Bottleneck(self.width, self.stride if i == 0 else 1, name=str(i))(x)
+            x = block(self.width, self.stride if i == 0 else 1, name=str(i))(x)
         return x
 
 
@@ -141,14 +144,24 @@ class ResNet50(nn.Module):
     (1, 1000)
     """
 
+    #: The stem and each bottleneck under its own checkpoint (``nn.remat``). Same params and
+    #: layers.
+    remat: bool = False
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.relu(BatchNorm(name="bn1")(_conv(STEM_WIDTH, 7, 2, name="conv1")(x)))
-        self.sow("intermediates", "relu", x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
-        self.sow("intermediates", "maxpool", x)
+        def stem(module: nn.Module, x: jax.Array) -> jax.Array:
+            conv = _conv(STEM_WIDTH, 7, 2, name="conv1", parent=module)
+            x = nn.relu(BatchNorm(name="bn1", parent=module)(conv(x)))
+            module.sow("intermediates", "relu", x)
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # -inf pads
+            module.sow("intermediates", "maxpool", x)
+            return x
+
+        x = (nn.remat(stem) if self.remat else stem)(self, x)
         for i, (blocks, width) in enumerate(STAGES):
-            x = Stage(blocks, width, stride=1 if i == 0 else 2, name=f"layer{i + 1}")(x)
+            stride = 1 if i == 0 else 2
+            x = Stage(blocks, width, stride, self.remat, name=f"layer{i + 1}")(x)
         x = x.mean(axis=(1, 2))
         self.sow("intermediates", "avgpool", x)
         return nn.Dense(N_CLASSES, name="fc")(x)
@@ -243,6 +256,7 @@ def build(params: Any) -> Model:
         {"params": params},
         preprocess=normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         name="resnet50",
+        remat_module=ResNet50(remat=True),
     )
 
 

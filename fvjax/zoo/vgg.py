@@ -103,9 +103,9 @@ def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     return pool_axis(pool_axis(x, 1, size[0]), 2, size[1])
 
 
-def _conv(features: int, name: str) -> nn.Conv:
+def _conv(features: int, name: str, parent: nn.Module) -> nn.Conv:
     # Explicit symmetric padding, as torch's padding=1 (the same as "SAME" for a 3x3 stride 1).
-    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=name)
+    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), name=name, parent=parent)
 
 
 class Features(nn.Module):
@@ -116,16 +116,27 @@ class Features(nn.Module):
     ``features/conv1_1``; the convolutions themselves are ``features/0`` ... ``features/28``.
     """
 
+    #: Each block (its convolutions and pool) under its own checkpoint (``nn.remat``).
+    remat: bool = False
+
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        stages = {}
-        for block, widths in enumerate(BLOCKS, start=1):
-            for conv, width in enumerate(widths, start=1):
-                name = f"conv{block}_{conv}"
-                x = nn.relu(_conv(width, str(FEATURES_INDEX[name]))(x))
+        def block(module: nn.Module, x: jax.Array, index: int) -> dict[str, jax.Array]:
+            stages = {}
+            for conv, width in enumerate(BLOCKS[index - 1], start=1):
+                name = f"conv{index}_{conv}"
+                x = nn.relu(_conv(width, str(FEATURES_INDEX[name]), parent=module)(x))
                 stages[name] = x
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # torch floors odd sides
-            stages[f"pool{block}"] = x
+            stages[f"pool{index}"] = x
+            return stages
+
+        if self.remat:
+            block = nn.remat(block, static_argnums=(2,))
+        stages = {}
+        for index in range(1, len(BLOCKS) + 1):
+            stages.update(block(self, x, index))
+            x = stages[f"pool{index}"]
         return stages
 
 
@@ -152,9 +163,11 @@ class VGG16(nn.Module):
     (1, 1000)
     """
 
+    remat: bool = False  # each block of ``features`` under its own checkpoint
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        stages = Features(name="features")(x)
+        stages = Features(self.remat, name="features")(x)
         pooled = adaptive_avg_pool(stages["pool5"], AVGPOOL_SIZE)
         # torch flattens NCHW, so classifier.0's 25088 inputs run channel-major
         # (c * 49 + h * 7 + w). Flattening channel-first here lets its (4096, 25088) weight
@@ -234,6 +247,7 @@ def build(params: Any) -> Model:
         VGG16(),
         {"params": params},
         preprocess=normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        remat_module=VGG16(remat=True),
         name="vgg16",
     )
 

@@ -78,7 +78,8 @@ class WorldNet(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         f1, f2, f3, f4 = self.features
-        x = (images - jnp.asarray(WORLDNET_MEAN)) / jnp.asarray(WORLDNET_STD)
+        mean, std = (jnp.asarray(v, images.dtype) for v in (WORLDNET_MEAN, WORLDNET_STD))
+        x = (images - mean) / std
         # A strided first conv halves the cost of the widest activations; the 3x3 window
         # still sees every pixel, so fine stripes are not aliased away.
         x = ConvBlock(f1, strides=2, name="block1")(x)
