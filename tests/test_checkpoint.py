@@ -88,8 +88,14 @@ def test_a_checkpoint_of_another_job_is_refused(rgb_model, tmp_path):
 SCRIPT = textwrap.dedent(
     """
     import sys
+    import time
     import fvjax
-    from fvjax import objectives as O, param as P, transforms as T
+    from fvjax import engine, objectives as O, param as P, transforms as T
+    run_steps = engine._run_steps
+    def slow_run_steps(*args, **kwargs):  # >= 2 s a chunk: a busy CI's test process can poll
+        time.sleep(0.005)                 # late and still kill the job in its second chunk
+        return run_steps(*args, **kwargs)
+    engine._run_steps = slow_run_steps
     model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
     fvjax.render(model, O.channel("rgb", [0, 1, 2]), seeds=2, steps=400, size=16, batch_size=2,
                  param=P.pixel(), transforms=T.compose(T.pad(2), T.jitter(4)),
