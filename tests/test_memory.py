@@ -149,6 +149,19 @@ def test_remat_names_the_allowed_modes_and_needs_blocks_for_blocks(net):
     assert residual_bytes(flat, O.channel("rgb", [0]), 2, size=8, remat="convs", **CHEAP) > 0
 
 
+def test_convs_remat_needs_no_blocks_even_in_nnx():
+    from flax import nnx
+    from test_models import NnxNet
+
+    model = fvjax.from_nnx(NnxNet(nnx.Rngs(0)))
+    objective = O.channel("stages/0", [0, 1])
+    kept = {m: _per_picture(model, objective, size=16, remat=m) for m in ("none", "convs")}
+    assert kept["convs"] < 0.5 * kept["none"]
+    plain, lean = (fvjax.render(model, objective, steps=4, size=16, remat=m)
+                   for m in ("none", "convs"))  # fmt: skip
+    np.testing.assert_allclose(lean.images, plain.images, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("name", "layer", "most"),
     # The most "blocks" may keep, as a fraction of "none", with the default render at 96 px
