@@ -226,11 +226,18 @@ def _per_image_finite(tree: Any) -> Array:
     return jnp.all(jnp.stack([jnp.isfinite(x.reshape(x.shape[0], -1)).all(1) for x in leaves]), 0)
 
 
-def _step(setup: _Setup, state: _State, objective: Any, keys: Array, params: Any):
+def _loss(setup: _Setup, objective: Any, keys: Array, params: Any, step: Array):
+    """``raw -> (loss, (N,) objective values)``: every picture climbs its own objective."""
+
     def loss(raw: Any) -> tuple[Array, Array]:
-        values = _objective_values(setup, raw, objective, keys, params, state.step)
+        values = _objective_values(setup, raw, objective, keys, params, step)
         return -values.sum(), values
 
+    return loss
+
+
+def _step(setup: _Setup, state: _State, objective: Any, keys: Array, params: Any):
+    loss = _loss(setup, objective, keys, params, state.step)
     grads, values = jax.grad(loss, has_aux=True)(state.raw)
     updates, opt_state = jax.vmap(setup.optimizer.update)(grads, state.opt_state, state.raw)
     raw = optax.apply_updates(state.raw, updates)
@@ -670,10 +677,7 @@ def residual_bytes(
     state, chunk_objective, keys, params = _abstract_step(setup, model, objective, batch)
 
     def backward(raw: Any, objective: Any, keys: Array, params: Any, step: Array) -> Any:
-        def loss(raw: Any) -> Array:
-            return -_objective_values(setup, raw, objective, keys, params, step).sum()
-
-        return jax.vjp(loss, raw)[1]
+        return jax.vjp(_loss(setup, objective, keys, params, step), raw, has_aux=True)[1]
 
     saved = jax.eval_shape(backward, state.raw, chunk_objective, keys, params, state.step)
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(saved))
