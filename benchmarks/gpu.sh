@@ -36,7 +36,7 @@ else
     whole=(--units 0 --seeds 4 --steps 512 --size 224 --batch 512)
     at=(--size 224 --batch 64 --steps 16 --rounds 2)
     old=()
-    memory=(--models inceptionv1 resnet50 vgg16 --dtypes float32 bfloat16)
+    memory=(--models inceptionv1 resnet50 vgg16 vit_b_16 --dtypes float32 bfloat16)
 fi
 
 step 330 benchmarks/layer_job.py --model inceptionv1 "${whole[@]}"

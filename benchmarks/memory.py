@@ -21,7 +21,7 @@ own plan. The largest batch is for ``--fraction`` of each budget (JAX's GPU allo
 by default, ``XLA_PYTHON_CLIENT_MEM_FRACTION``); use it as ``render(..., batch_size=B)``.
 Prints a table and appends it to ``benchmarks/RESULTS.md`` (not with ``--no-record``).
 
-    python benchmarks/memory.py [--models worldnet inceptionv1 resnet50 vgg16] [--size S]
+    python benchmarks/memory.py [--models worldnet inceptionv1 resnet50 vgg16 vit_b_16] [--size S]
         [--batches 4 16] [--budgets 80 141 24] [--fraction 0.75] [--no-record]
 """
 
@@ -73,7 +73,7 @@ def measure(model, name, layer, size, dtype, remat, args, transforms) -> Row:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["worldnet", "inceptionv1", "resnet50",
-                                                         "vgg16"])  # fmt: skip
+                                                         "vgg16", "vit_b_16"])  # fmt: skip
     parser.add_argument("--size", type=int, help="picture size; default: each model's own")
     parser.add_argument("--layer", help="objective layer (one model only); default: classic")
     parser.add_argument("--batches", type=int, nargs=2, default=[4, 16], help="the fit's points")

@@ -35,6 +35,7 @@ MODEL_DEFAULTS: dict[str, tuple[str, int]] = {
     "inceptionv1": ("mixed4a", 224),
     "resnet50": ("layer3", 224),
     "vgg16": ("conv4_3", 224),
+    "vit_b_16": ("block6/mlp", 224),
 }
 
 #: Distributions whose versions say which accelerator stack ran (CUDA/ROCm/TPU plugins).

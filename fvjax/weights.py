@@ -165,10 +165,13 @@ class Entry(NamedTuple):
     """One layer of an import table: torch name prefix, Flax params path, layout.
 
     ``kind``: ``"conv"`` (OIHW weight -> HWIO ``kernel``, optional ``bias``), ``"linear"``
-    (``(out, in)`` weight -> ``(in, out)`` ``kernel``, optional ``bias``) or ``"batchnorm"``
+    (``(out, in)`` weight -> ``(in, out)`` ``kernel``, optional ``bias``), ``"batchnorm"``
     (``weight, bias, running_mean, running_var`` -> ``scale, bias, mean, var``; torch's
-    ``num_batches_tracked`` counter is accepted and ignored). Whether a conv or linear layer
-    has a bias is read from the model's own params tree.
+    ``num_batches_tracked`` counter is accepted and ignored), ``"layernorm"`` (``weight, bias``
+    -> ``scale, bias``), ``"in_proj"`` (``nn.MultiheadAttention``'s packed query, key and value
+    projection ``in_proj_weight, in_proj_bias`` -> a linear ``kernel, bias``) or ``"param"``
+    (one tensor, the torch key ``torch_name`` itself, stored as is at ``flax_path``). Whether a
+    conv or linear layer has a bias is read from the model's own params tree.
     """
 
     torch_name: str
@@ -176,30 +179,48 @@ class Entry(NamedTuple):
     kind: str
 
 
-# torch parameter name suffix -> Flax leaf name, per kind
+# torch parameter name suffix -> Flax leaf name, per kind ("": the entry is one tensor)
 _LEAVES = {
     "conv": {"weight": "kernel", "bias": "bias"},
     "linear": {"weight": "kernel", "bias": "bias"},
     "batchnorm": {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"},
+    "layernorm": {"weight": "scale", "bias": "bias"},
+    "in_proj": {"in_proj_weight": "kernel", "in_proj_bias": "bias"},
+    "param": {"": ""},
 }
 # Buffers a torch state dict may hold that carry nothing the model uses.
 _IGNORED = {"batchnorm": ("num_batches_tracked",)}
 
 
-def _to_flax(kind: str, suffix: str, array: np.ndarray) -> np.ndarray:
-    if suffix != "weight" or kind == "batchnorm":
+def _to_flax(kind: str, leaf: str, array: np.ndarray) -> np.ndarray:
+    if leaf != "kernel":
         return array
     if kind == "conv":
         return array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
     return array.T  # (out, in) -> (in, out)
 
 
-def _to_torch(kind: str, suffix: str, array: np.ndarray) -> np.ndarray:
-    if suffix != "weight" or kind == "batchnorm":
+def _to_torch(kind: str, leaf: str, array: np.ndarray) -> np.ndarray:
+    if leaf != "kernel":
         return array
     if kind == "conv":
         return array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
     return array.T
+
+
+def _torch_key(entry: Entry, suffix: str) -> str:
+    return f"{entry.torch_name}.{suffix}" if suffix else entry.torch_name
+
+
+def _flax_leaf(entry: Entry, leaf: str) -> tuple[str, ...]:
+    """The params path of one of ``entry``'s leaves (``""``: the entry's own path)."""
+    return (*entry.flax_path, leaf) if leaf else entry.flax_path
+
+
+def _put(tree: dict, path: Sequence[str], value: Any) -> None:
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
 
 
 def _get(tree: Mapping, path: Sequence[str]) -> Any:
@@ -212,6 +233,8 @@ def _leaves(entry: Entry, like: Mapping) -> dict[str, str]:
     """``{torch suffix: Flax leaf}`` of ``entry``, as far as the layer in ``like`` has them."""
     if entry.kind not in _LEAVES:
         raise WeightsError(f"{entry.torch_name}: unknown layer kind {entry.kind!r}")
+    if entry.kind == "param":
+        return dict(_LEAVES["param"])
     layer = _get(like, entry.flax_path)
     return {suffix: leaf for suffix, leaf in _LEAVES[entry.kind].items() if leaf in layer}
 
@@ -225,29 +248,24 @@ def params_from_state_dict(
     :class:`WeightsError` listing all missing keys, unexpected keys and shape mismatches.
     """
     expected = {
-        f"{e.torch_name}.{suffix}": (e, suffix, leaf)
-        for e in table
-        for suffix, leaf in _leaves(e, like).items()
+        _torch_key(e, suffix): (e, leaf) for e in table for suffix, leaf in _leaves(e, like).items()
     }
     ignored = {f"{e.torch_name}.{suffix}" for e in table for suffix in _IGNORED.get(e.kind, ())}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected) - ignored)
     mismatched, params = [], {}
-    for key, (entry, suffix, leaf) in expected.items():
+    for key, (entry, leaf) in expected.items():
         if key in missing:
             continue
-        array = _to_flax(entry.kind, suffix, np.asarray(state_dict[key], np.float32))
-        want = tuple(np.shape(_get(like, (*entry.flax_path, leaf))))
+        array = _to_flax(entry.kind, leaf, np.asarray(state_dict[key], np.float32))
+        want = tuple(np.shape(_get(like, _flax_leaf(entry, leaf))))
         if array.shape != want:
-            torch_want = _to_torch(entry.kind, suffix, np.empty(want, np.float32)).shape
+            torch_want = _to_torch(entry.kind, leaf, np.empty(want, np.float32)).shape
             mismatched.append(
                 f"{key}: got {tuple(np.shape(state_dict[key]))}, expected {torch_want}"
             )
             continue
-        node = params
-        for part in entry.flax_path:
-            node = node.setdefault(part, {})
-        node[leaf] = array
+        _put(params, _flax_leaf(entry, leaf), array)
     parts = misfit_parts(missing, unexpected, mismatched, noun="keys")
     if parts:
         raise WeightsError("the state dict does not fit the model: " + "; ".join(parts))
@@ -288,11 +306,12 @@ def misfit_parts(
 
 def params_tree(
     rows: Iterable[tuple[Entry, tuple[int, ...]]],
-    leaves: Callable[[Entry, tuple[int, ...]], Mapping[str, Any]],
+    leaves: Callable[[Entry, tuple[int, ...]], Any],
 ) -> dict:
-    """A Flax params tree: ``leaves(entry, shape)`` (``{"kernel": ..., "bias": ...}``) nested at
-    each row's ``entry.flax_path``. ``rows`` are a model's ``(import entry, Flax shape)`` pairs,
-    so one list of layers gives random weights, shape templates and the import table.
+    """A Flax params tree: ``leaves(entry, shape)`` (``{"kernel": ..., "bias": ...}``, or one
+    array for a ``"param"`` entry) nested at each row's ``entry.flax_path``. ``rows`` are a
+    model's ``(import entry, Flax shape)`` pairs, so one list of layers gives random weights,
+    shape templates and the import table.
 
     >>> rows = [(Entry("fc", ("fc",), "linear"), (4, 2))]
     >>> params_tree(rows, lambda entry, shape: {"kernel": np.zeros(shape)})["fc"]["kernel"].shape
@@ -300,27 +319,34 @@ def params_tree(
     """
     params: dict = {}
     for entry, shape in rows:
+        found = leaves(entry, shape)
+        if entry.kind == "param":  # one tensor, not a layer's dict of them
+            _put(params, entry.flax_path, found)
+            continue
         node = params
         for part in entry.flax_path:
             node = node.setdefault(part, {})
-        node.update(leaves(entry, shape))
+        node.update(found)
     return params
 
 
 def shape_leaves(conv_bias: bool = True) -> Callable[[Entry, tuple[int, ...]], dict]:
     """``leaves`` for :func:`params_tree` giving ``jax.ShapeDtypeStruct`` float32 templates:
-    a kernel (and, for linear layers and where ``conv_bias``, conv layers, a bias), or a batch
-    norm's ``scale, bias, mean, var``. A template checks an import without drawing weights."""
+    a kernel (and, for linear layers and where ``conv_bias``, conv layers, a bias), a batch
+    norm's ``scale, bias, mean, var``, a layer norm's ``scale, bias`` or a ``"param"``'s one
+    tensor. A template checks an import without drawing weights."""
     import jax
 
-    def leaves(entry: Entry, shape: tuple[int, ...]) -> dict:
+    def leaves(entry: Entry, shape: tuple[int, ...]) -> Any:
         def spec(s: tuple[int, ...]) -> Any:
             return jax.ShapeDtypeStruct(s, np.float32)
 
-        if entry.kind == "batchnorm":
-            return {leaf: spec(shape) for leaf in _LEAVES["batchnorm"].values()}
+        if entry.kind == "param":
+            return spec(shape)
+        if entry.kind in ("batchnorm", "layernorm"):
+            return {leaf: spec(shape) for leaf in _LEAVES[entry.kind].values()}
         found = {"kernel": spec(shape)}
-        if entry.kind == "linear" or conv_bias:
+        if entry.kind in ("linear", "in_proj") or conv_bias:
             found["bias"] = spec(shape[-1:])
         return found
 
@@ -346,9 +372,9 @@ def state_dict_from_params(params: Mapping, table: Sequence[Entry]) -> dict[str,
     out = {}
     for entry in table:
         for suffix, leaf in _leaves(entry, params).items():
-            array = np.asarray(_get(params, (*entry.flax_path, leaf)), np.float32)
-            out[f"{entry.torch_name}.{suffix}"] = np.ascontiguousarray(
-                _to_torch(entry.kind, suffix, array)
+            array = np.asarray(_get(params, _flax_leaf(entry, leaf)), np.float32)
+            out[_torch_key(entry, suffix)] = np.ascontiguousarray(
+                _to_torch(entry.kind, leaf, array)
             )
     return out
 

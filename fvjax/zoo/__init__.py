@@ -8,7 +8,7 @@ Real networks (InceptionV1, ...) are :class:`Architecture` entries: built here i
 from a weights file the user supplies (random weights without one).
 
 >>> names()
-['inceptionv1', 'resnet50', 'tiny', 'vgg16', 'worldnet']
+['inceptionv1', 'resnet50', 'tiny', 'vgg16', 'vit_b_16', 'worldnet']
 >>> sorted(load("tiny").layer_shapes(16))[:3]
 ['block1', 'block1/conv', 'block2']
 """
@@ -156,6 +156,7 @@ for _name, _module, _table in (
     ("inceptionv1", "fvjax.zoo.inception", "lucent_table"),
     ("resnet50", "fvjax.zoo.resnet", "torchvision_table"),
     ("vgg16", "fvjax.zoo.vgg", "torchvision_table"),
+    ("vit_b_16", "fvjax.zoo.vit", "torchvision_table"),
 ):
     register_architecture(
         _name,
