@@ -165,16 +165,12 @@ class ViTB16(nn.Module):
                 f"ViT-B/16 cuts pictures into {PATCH}x{PATCH} patches: "
                 f"{x.shape[1]}x{x.shape[2]} is too small; use {PATCH} px or more"
             )
-        patches = nn.Conv(WIDTH, (PATCH, PATCH), strides=PATCH, padding="VALID", name="conv_proj")(
-            x
-        )
+        conv = nn.Conv(WIDTH, (PATCH, PATCH), strides=PATCH, padding="VALID", name="conv_proj")
+        patches = conv(x)
         batch, height, width, _ = patches.shape
         token = self.param("class_token", nn.initializers.zeros, (1, 1, WIDTH))
-        tokens = jnp.concatenate(
-            [jnp.broadcast_to(token, (batch, 1, WIDTH)).astype(patches.dtype),
-             patches.reshape(batch, height * width, WIDTH)],
-            axis=1,
-        )  # fmt: skip
+        token = jnp.broadcast_to(token, (batch, 1, WIDTH)).astype(patches.dtype)
+        tokens = jnp.concatenate([token, patches.reshape(batch, height * width, WIDTH)], axis=1)
         final = Encoder(self.remat, name="encoder")(tokens, (height, width))
         return Heads(name="heads")(final[:, 0])
 
