@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fvjax
-from fvjax import models, weights
+from fvjax import weights
 from fvjax.zoo import resnet
 
 SIZE = 224
@@ -195,24 +195,14 @@ def test_reference_state_dict_has_torchvisions_keys(reference):
 def test_parity_with_a_pytorch_reference(reference, forward, size, full_float32):
     """Every layer, at 224 px and at a size whose feature maps are odd (49x60 after ``conv1``,
     25x30 after ``maxpool``, then 13x15, 7x8, 4x4): paddings and strides must be torch's."""
-    torch = pytest.importorskip("torch", reason="parity with PyTorch needs torch")
-    from torch_reference import relative_errors
+    pytest.importorskip("torch", reason="parity with PyTorch needs torch")
+    from torch_reference import assert_layers_match, imagenet_outputs
 
     net, model = reference
-    height, width = fvjax.models.as_size(size)
-    images = np.random.default_rng(0).uniform(size=(2, height, width, 3)).astype(np.float32)
-    normalized = (images - np.float32(models.IMAGENET_MEAN)) / np.float32(models.IMAGENET_STD)
-    with torch.no_grad():
-        theirs = net(torch.from_numpy(normalized.transpose(0, 3, 1, 2)))
-    ours = forward(model.params, images)
+    ours, theirs = imagenet_outputs(net, forward, model.params, size)
     assert set(theirs) == set(ours), set(theirs) ^ set(ours)
-    errors = relative_errors(ours, theirs)
-    worst = sorted(errors.items(), key=lambda item: -item[1])
-    print(f"\nmax relative error at {height}x{width}, worst 8 of {len(errors)} layers:")
-    print("\n".join(f"  {name:24s} {err:.2e}" for name, err in worst[:8]))
     assert np.abs(np.asarray(ours["layer4"])).max() > 0  # a dead network would match trivially
-    bad = {name: err for name, err in errors.items() if not err < 1e-4}
-    assert not bad, bad
+    assert_layers_match(ours, theirs, f"{size}")
 
 
 # --- rendering -----------------------------------------------------------------------------

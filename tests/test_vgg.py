@@ -229,23 +229,12 @@ def test_adaptive_pool_matches_torch():
 def test_parity_with_a_pytorch_reference(model, forward, reference, size, full_float32):
     """224 px: avgpool is the identity. 96x160 px: pool5 is 3x5, so torch's 7x7 bins overlap and
     differ in size (1 or 2 rows, 1 or 2 columns), and height and width pool differently."""
-    torch = pytest.importorskip("torch", reason="parity with PyTorch needs torch")
-    from torch_reference import relative_errors
+    pytest.importorskip("torch", reason="parity with PyTorch needs torch")
+    from torch_reference import assert_layers_match, imagenet_outputs
 
-    height, width = fvjax.models.as_size(size)
-    images = np.random.default_rng(0).uniform(size=(2, height, width, 3)).astype(np.float32)
-    mean = np.asarray(models.IMAGENET_MEAN, np.float32)
-    std = np.asarray(models.IMAGENET_STD, np.float32)
-    with torch.no_grad():
-        theirs = reference(torch.from_numpy(((images - mean) / std).transpose(0, 3, 1, 2)))
-    ours = forward(model.params, images)
+    ours, theirs = imagenet_outputs(reference, forward, model.params, size)
     assert set(theirs) == set(ours)
-    errors = relative_errors(ours, theirs)
-    print(f"\nmax relative error per layer ({height}x{width}):")
-    print("\n".join(f"  {name:14s} {err:.2e}" for name, err in errors.items()))
-    print(f"  worst: {max(errors, key=errors.get)} {max(errors.values()):.2e}")
-    bad = {name: err for name, err in errors.items() if not err < 1e-4}
-    assert not bad, bad
+    assert_layers_match(ours, theirs, f"{size}")
 
 
 # --- rendering -----------------------------------------------------------------------------

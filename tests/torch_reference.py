@@ -36,6 +36,31 @@ def relative_errors(ours, theirs) -> dict[str, float]:
     return errors
 
 
+def imagenet_outputs(reference, forward, params, size) -> tuple[dict, dict]:
+    """``(ours, theirs)``: fvjax's ``forward(params, images)`` and the torch ``reference`` on
+    the same two uniform pictures of ``size`` (seed 0), ImageNet-normalized and NCHW for torch."""
+    from fvjax import models
+
+    height, width = models.as_size(size)
+    images = np.random.default_rng(0).uniform(size=(2, height, width, 3)).astype(np.float32)
+    normalized = (images - np.float32(models.IMAGENET_MEAN)) / np.float32(models.IMAGENET_STD)
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(normalized.transpose(0, 3, 1, 2)))
+    return forward(params, images), theirs
+
+
+def assert_layers_match(ours, theirs, label: str, bound: float = 1e-4) -> dict[str, float]:
+    """Every layer both sides name within ``bound`` (:func:`relative_errors`); prints the
+    worst eight. Returns the errors."""
+    errors = relative_errors(ours, theirs)
+    worst = sorted(errors.items(), key=lambda item: -item[1])
+    print(f"\nmax relative error at {label}, worst 8 of {len(errors)} layers:")
+    print("\n".join(f"  {name:40s} {err:.2e}" for name, err in worst[:8]))
+    bad = {name: err for name, err in errors.items() if not err < bound}
+    assert not bad, bad
+    return errors
+
+
 def _tf_lrn(x: torch.Tensor) -> torch.Tensor:
     r, bias, alpha, beta = INCEPTION5H_LRN
     sq = F.pad(x * x, (0, 0, 0, 0, r, r))  # pad the channel axis of (B, C, H, W)
