@@ -9,7 +9,7 @@ standard transforms; the full default. Differences of those give each part's sha
 default step (noisy: they are differences of noisy times).
 
 **Counted**: each part compiled alone for ``B`` pictures (forward and backward where it has
-one) and the full default step (:func:`fvjax.engine.compile_step`), with XLA's
+one) and the full default step (:func:`fvjax.cost.compile_step`), with XLA's
 ``cost_analysis()`` flops and bytes accessed per image-step. These do not depend on a noisy
 machine: the flop shares carry over to any backend (the bytes depend on the backend's fusions).
 
@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fvjax import engine
 from fvjax import param as P
 from fvjax import transforms as T
 from fvjax.benchmarking import (
@@ -40,11 +39,12 @@ from fvjax.benchmarking import (
     render_rate,
 )
 from fvjax.benchmarking import parser as benchmark_parser
+from fvjax.rendering import cost, step
 
 OPTIMIZERS = {
     "none": optax.set_to_zero(),
     "sgd": optax.sgd(0.05),
-    "adam": engine.default_optimizer(),
+    "adam": step.default_optimizer(),
 }
 
 
@@ -101,7 +101,7 @@ def static_table(model, objective, args, transforms, seen) -> str:
     """The counted table: each part's flops and bytes per image-step, and its share."""
     batch, size = args.batch, (args.size, args.size)
     fourier, flat = P.fourier(), P.fourier(decorrelate=False)
-    full = engine.compile_step(
+    full = cost.compile_step(
         model, objective, size=size, param=fourier, transforms=transforms,
         optimizer=OPTIMIZERS["adam"],
     )  # fmt: skip

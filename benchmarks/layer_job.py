@@ -24,8 +24,8 @@ import time
 
 import fvjax
 from fvjax import benchmarking as bench
-from fvjax.engine import plan_chunks
-from fvjax.transforms import output_size, standard
+from fvjax.rendering.engine import plan_chunks
+from fvjax.rendering.transforms import output_size, standard
 
 
 def main() -> None:

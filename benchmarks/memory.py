@@ -5,12 +5,12 @@ the backward pass (nothing is run, so it needs no accelerator).
 For each model (at its classic layer and size), float32 and bfloat16 model compute, and each
 ``remat`` mode (``none``, ``convs``, ``blocks``):
 
-- *XLA plan*: :func:`fvjax.engine.fit_memory` compiles one step of the default render (Fourier +
+- *XLA plan*: :func:`fvjax.cost.fit_memory` compiles one step of the default render (Fourier +
   decorrelation, ``standard(scale)``, adam) at two batch sizes and fits ``bytes = fixed +
   per_picture * batch``;
-- *kept*: :func:`fvjax.engine.residual_bytes`, what the backward pass keeps from the forward
+- *kept*: :func:`fvjax.cost.residual_bytes`, what the backward pass keeps from the forward
   pass per picture, as JAX hands it to XLA (the same on every backend);
-- *flops*: the step's work before XLA's optimizations (:func:`fvjax.engine.lower_step`), so the
+- *flops*: the step's work before XLA's optimizations (:func:`fvjax.cost.lower_step`), so the
   recomputation is counted.
 
 XLA's CPU compiler drops the barriers that keep a recomputed forward pass apart and merges it
@@ -33,9 +33,9 @@ from typing import NamedTuple
 
 import jax
 
-from fvjax import engine
 from fvjax import transforms as T
 from fvjax.benchmarking import MODEL_DEFAULTS, channel_objective, load_model, record
+from fvjax.rendering import cost, step
 
 
 class Row(NamedTuple):
@@ -44,7 +44,7 @@ class Row(NamedTuple):
     size: int
     dtype: str
     remat: str
-    plan: engine.MemoryFit | None  # None: not compiled (remat on the CPU backend)
+    plan: cost.MemoryFit | None  # None: not compiled (remat on the CPU backend)
     kept: float  # bytes per picture kept for the backward pass
     flops: float  # per picture, before XLA's optimizations
     seconds: float  # per compile
@@ -59,13 +59,13 @@ def measure(model, name, layer, size, dtype, remat, args, transforms) -> Row:
     settings = dict(size=size, transforms=transforms, model_dtype=dtype, remat=remat)
     objective = channel_objective(model, layer, 1, size)
     small, large = args.batches
-    kept = [engine.residual_bytes(model, objective, b, **settings) for b in (small, large)]
+    kept = [cost.residual_bytes(model, objective, b, **settings) for b in (small, large)]
     kept_per_picture = (kept[1] - kept[0]) / (large - small)
-    flops = engine.lower_step(model, objective, batch=small, **settings).cost_analysis()["flops"]
+    flops = cost.lower_step(model, objective, batch=small, **settings).cost_analysis()["flops"]
     plan, seconds = None, 0.0
     if remat == "none" or jax.default_backend() != "cpu":
         start = time.perf_counter()
-        plan = engine.fit_memory(model, objective, (small, large), **settings)
+        plan = cost.fit_memory(model, objective, (small, large), **settings)
         seconds = (time.perf_counter() - start) / 2
     return Row(name, layer, size, dtype, remat, plan, kept_per_picture, flops / small, seconds)
 
@@ -96,7 +96,7 @@ def main() -> None:
         layer, size = MODEL_DEFAULTS.get(name, (None, 128))
         layer, size = args.layer or layer, args.size or size
         for dtype in args.dtypes:
-            for remat in engine.REMAT:
+            for remat in step.REMAT:
                 if remat == "blocks" and model.remat_apply is None:
                     continue
                 row = measure(model, name, layer, size, dtype, remat, args, transforms)
@@ -116,7 +116,7 @@ def main() -> None:
         "*Plan*: XLA's buffer plan of the compiled step (arguments + outputs not written over "
         "donated inputs + temporaries), fitted as fixed + per picture x batch through batches "
         f"{args.batches[0]} and {args.batches[1]}. *Kept*: what the backward pass keeps from the "
-        "forward pass per picture, as JAX hands the program to XLA (`engine.residual_bytes`; the "
+        "forward pass per picture, as JAX hands the program to XLA (`cost.residual_bytes`; the "
         "same on every backend, an upper bound for `none`, where XLA may fuse a few cheap values "
         "away). *Flops*: the step's work before XLA's optimizations, recomputation included. "
         f"Largest batch for {args.fraction:g} x the budget (1 GB = 1e9 bytes)."

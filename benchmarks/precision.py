@@ -23,7 +23,7 @@ from fvjax import objectives as O
 from fvjax import transforms as T
 from fvjax.benchmarking import channel_objective, load_model, parse_args, record
 from fvjax.benchmarking import parser as benchmark_parser
-from fvjax.zoo import planted
+from fvjax.models.zoo import planted
 
 DTYPES = ("float32", "bfloat16")
 

@@ -1,4 +1,14 @@
-"""fvjax: batched feature visualization in JAX.
+"""fvjax: batched feature visualization in JAX, and the checks that stand beside the pictures.
+
+The package, as the data flows::
+
+    fvjax.models     adapters (any JAX model -> images to named activations), weights, zoo
+    fvjax.rendering  objectives, param, transforms -> the compiled step -> the chunked engine
+    fvjax.checks     the pictures held against real data
+    fvjax.data       the procedural world and image folders
+    fvjax.job        config -> plan -> run -> outputs and gallery (what the CLI runs)
+
+The names most code needs are here, flat:
 
 >>> import fvjax
 >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})
@@ -8,8 +18,8 @@
 (2, 2, 16, 16, 3)
 """
 
-from fvjax import errors, models, objectives, param, transforms
-from fvjax.engine import RenderResult, render, render_layer
+from fvjax import checks, data, errors, job, models, rendering
+from fvjax.data import world
 from fvjax.errors import (
     ConfigError,
     FvjaxError,
@@ -18,9 +28,10 @@ from fvjax.errors import (
     UnitRangeError,
     UnknownLayerError,
 )
-from fvjax.models import Model, from_fn, from_linen, from_nnx
-
-__version__ = "0.1.0"
+from fvjax.files import FVJAX_VERSION as __version__
+from fvjax.models import Model, from_fn, from_linen, from_nnx, zoo
+from fvjax.rendering import objectives, param, transforms
+from fvjax.rendering.engine import RenderResult, render, render_layer
 
 __all__ = [
     "ConfigError",
@@ -31,14 +42,21 @@ __all__ = [
     "RenderResult",
     "UnitRangeError",
     "UnknownLayerError",
+    "__version__",
+    "checks",
+    "data",
     "errors",
     "from_fn",
     "from_linen",
     "from_nnx",
+    "job",
     "models",
     "objectives",
     "param",
     "render",
     "render_layer",
+    "rendering",
     "transforms",
+    "world",
+    "zoo",
 ]

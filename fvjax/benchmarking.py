@@ -1,7 +1,7 @@
 """Helpers for ``benchmarks/`` scripts: arguments, the model's own limit, who measured what and
 where, and appending to RESULTS.md.
 
-Every script takes ``--model NAME`` (a :mod:`fvjax.zoo` name) and picks that model's classic
+Every script takes ``--model NAME`` (a :mod:`fvjax.models.zoo` name) and picks that model's classic
 layer and picture size unless ``--layer`` / ``--size`` say otherwise (:data:`MODEL_DEFAULTS`);
 ``--no-record`` prints the table without appending it (for smoke runs).
 """
@@ -20,11 +20,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-import fvjax
-from fvjax import zoo
-from fvjax.engine import abstract
-from fvjax.models import Model, as_size
-from fvjax.outputs import versions
+from fvjax.files import versions
+from fvjax.models import zoo
+from fvjax.models.adapters import Model, as_size
+from fvjax.rendering import objectives
+from fvjax.rendering.cost import abstract
+from fvjax.rendering.engine import render
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "RESULTS.md"
 
@@ -169,7 +170,7 @@ def load_model(name: str, missing_ok: bool = False) -> Model | None:
 def channel_objective(model: Model, layer: str, batch: int, size: int) -> Any:
     """``batch`` channel objectives on ``layer``, cycling through its channels."""
     n_channels = model.check_layer(layer, size)[-1]
-    return fvjax.objectives.channel(layer, [u % n_channels for u in range(batch)])
+    return objectives.channel(layer, [u % n_channels for u in range(batch)])
 
 
 class Limit(NamedTuple):
@@ -206,8 +207,9 @@ def limit(model: Model, layer: str, batch: int, size: int | tuple[int, int]) -> 
 
 
 def render_rate(model: Model, objective: Any, steps: int, size: int, **kwargs: Any) -> float:
-    """Image-steps/s of one :func:`fvjax.render` call (one seed per member), wall time."""
+    """Image-steps/s of one :func:`~fvjax.rendering.engine.render` call (one seed per member),
+    wall time."""
     n_images = len(objective.unit_ids())
     start = time.perf_counter()
-    fvjax.render(model, objective, seeds=1, steps=steps, size=size, **kwargs)
+    render(model, objective, seeds=1, steps=steps, size=size, **kwargs)
     return n_images * steps / (time.perf_counter() - start)

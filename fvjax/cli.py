@@ -2,129 +2,34 @@
 
     fvjax render --config configs/tiny.toml [key=value ...]   render, write PNGs + gallery
     fvjax layers --model tiny [--size 64]                     list layers and shapes
-    fvjax convert --model inceptionv1 IN.pth OUT [--force]    weights -> params checkpoint
+    fvjax convert --model inceptionv1 IN.pth OUT [--force]    weights -> converted weights
     fvjax merge OUTPUT                                        join shard-K-of-N slices
 
 Overrides use the config's keys, dotted for sections: ``steps=64 param.kind=pixel
 units=[0,3]``. Bad input (an unknown key, model, layer or unit; a missing file) prints one
-``fvjax: error: ...`` line and exits with status 2. The work itself is :func:`run`, importable.
+``fvjax: error: ...`` line and exits with status 2; a run that failed (NaN pictures) exits
+with status 1. This module parses arguments and maps errors to exit codes; the work itself is
+:mod:`fvjax.job` (:func:`fvjax.job.run.run`, importable).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
 
-import fvjax
-from fvjax import checkpoint, outputs, shards, weights, zoo
-from fvjax import config as config_lib
-from fvjax.engine import device_mesh, plan_chunks
 from fvjax.errors import ConfigError, FvjaxError, NonFiniteError
-from fvjax.models import describe_layers
-from fvjax.progress import Progress
-
-
-def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, Any]:
-    """Render every layer of ``config`` and write its outputs; returns the manifest.
-
-    Everything is checked (model, layers, units, sizes) before the first picture is rendered;
-    the manifest and gallery are rewritten after each layer. Process ``K`` of ``N`` (the
-    ``shard`` key, see :mod:`fvjax.shards`) renders its slice of the units into
-    ``OUTPUT/shard-K-of-N``; in a ``distributed`` job process 0 then merges the slices.
-    """
-    start = time.perf_counter()
-    stream = stream if stream is not None else sys.stderr
-    if config.distributed:
-        shards.initialize_distributed()  # before anything touches a JAX backend
-    shard, n_shards = shards.resolve(config.shard)
-    output = Path(config.output)
-    if n_shards > 1:
-        output = output / shards.shard_dir(shard, n_shards)
-    data, sha = config_lib.resolve(config)
-    job = config_lib.build_job(config)
-    shapes = job.model.layer_shapes(config.size)
-    _warn_if_other_job(output, sha, stream)
-    out = outputs.RenderOutput(output, data, sha, model=job.model.name, started=start)
-    setup_seconds = time.perf_counter() - start
-    kwargs = job.render_kwargs()
-    checkpoints = _checkpoint_root(config, data, output)
-    mesh = device_mesh(config.devices or None)
-    n_devices = 1 if mesh is None else mesh.size
-    objectives = job.objectives
-    if n_shards > 1:  # this process's slice of each layer (none when it has fewer units)
-        objectives = {
-            layer: objective.take(members)
-            for layer, objective in objectives.items()
-            if len(members := shards.positions(shard, n_shards, objective.batch_size))
-        }
-    total = sum(
-        plan_chunks(o.batch_size * config.seeds, config.batch_size or None, n_devices)[1]
-        for o in objectives.values()
-    )
-    # One bar over the whole job, every layer's chunks and steps.
-    bar = Progress(total * config.steps, stream=stream, enabled=config.progress)
-    for i, (layer, objective) in enumerate(objectives.items()):
-        bar.label = f"[{i + 1}/{len(objectives)}] {layer}"
-        if checkpoints is not None:
-            kwargs["checkpoint_dir"] = checkpoints / outputs.slugify(layer)
-            kwargs["checkpoint_every"] = config.checkpoint_every or None
-        result = fvjax.render(job.model, objective, progress=bar, **kwargs)
-        names = [job.model.unit_name(layer, int(u)) for u in result.units]
-        out.add_layer(layer, result, shapes[layer], None if not any(names) else names)
-    bar.close()
-    manifest = out.finish(setup_seconds=setup_seconds)
-    if checkpoints is not None:  # every output is written: the checkpoints have done their job
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        if checkpoints.parent.is_dir() and not any(checkpoints.parent.iterdir()):
-            checkpoints.parent.rmdir()
-    if config.distributed and n_shards > 1:
-        shards.wait_for_all("fvjax-render-done")
-        if shard == 0:
-            manifest = _merge_if_visible(Path(config.output), stream) or manifest
-    return manifest
-
-
-def _merge_if_visible(path: Path, stream: TextIO) -> dict[str, Any] | None:
-    """Merge a distributed job's slices where process 0 sees them all (a shared filesystem)."""
-    try:
-        return shards.merge(path)
-    except shards.ShardError as exc:
-        stream.write(
-            f"fvjax: note: slices not merged ({exc}); gather every shard-K-of-N directory "
-            f"under {path} and run: fvjax merge {path}\n"
-        )
-        return None
-
-
-def _checkpoint_root(config: config_lib.Config, data: dict[str, Any], output: Path) -> Path | None:
-    """``OUTPUT/.checkpoints/<hash>``: the hash covers what changes the pictures, not where
-    they are written or whether a progress bar shows, so such a change still resumes."""
-    if not config.checkpoint:
-        return None
-    same_pictures = {k: v for k, v in data.items() if k not in _NOT_IN_PICTURES}
-    return output / ".checkpoints" / config_lib.data_sha256(same_pictures)[:16]
-
-
-_NOT_IN_PICTURES = ("output", "progress", "checkpoint", "checkpoint_every", "distributed")
-
-
-def _warn_if_other_job(path: Path, sha: str, stream: TextIO) -> None:
-    try:
-        previous = outputs.read_manifest(path)
-    except (OSError, ValueError):
-        return
-    if previous.get("config_sha256") != sha:
-        stream.write(
-            f"fvjax: note: {path} holds another job's outputs; files this job writes replace "
-            "theirs, others stay but leave the manifest and gallery\n"
-        )
+from fvjax.files import FVJAX_VERSION, file_sha256
+from fvjax.job import config as config_lib
+from fvjax.job import shards
+from fvjax.job.gallery import INDEX
+from fvjax.job.plan import build_model
+from fvjax.job.run import run
+from fvjax.models import converted, weights, zoo
+from fvjax.models.adapters import describe_layers
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -136,7 +41,7 @@ def _render(args: argparse.Namespace) -> int:
         f"wrote {len(manifest['images'])} pictures of {len(manifest['layers'])} layer(s) "
         f"to {out} in {seconds:.1f} s"
     )
-    print(f"gallery: {out / outputs.INDEX}")
+    print(f"gallery: {out / INDEX}")
     return 0
 
 
@@ -150,14 +55,14 @@ def _layers(args: argparse.Namespace) -> int:
     if args.size is not None:
         overrides.append(f"size={args.size}")
     config = config_lib.from_dict(data, overrides)
-    model = config_lib.build_model(config)
+    model = build_model(config)
     print(describe_layers(model, config.size))
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    architecture = zoo.architecture(args.model)
+    architecture = zoo.architecture(args.model, weights=True)
     out = Path(args.out)
     if (out.exists() or out.is_symlink()) and not args.force:
         raise ConfigError(f"{out} exists; pass --force to replace it")
@@ -167,9 +72,9 @@ def _convert(args: argparse.Namespace) -> int:
     record = {
         "model": args.model,
         "source": Path(args.weights).name,
-        "source_sha256": _sha256(args.weights),
+        "source_sha256": file_sha256(args.weights),
     }
-    record = checkpoint.save_params(out, params, record, overwrite=args.force)
+    record = converted.save_params(out, params, record, overwrite=args.force)
     print(
         f"converted {args.weights} to {out}: {args.model}, {record['parameters']:,} parameters, "
         f"{record['bytes'] / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s"
@@ -177,20 +82,12 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fvjax`` command."""
     parser = argparse.ArgumentParser(
         prog="fvjax", description="Batched feature visualization for JAX models."
     )
-    parser.add_argument("--version", action="version", version=f"fvjax {fvjax.__version__}")
+    parser.add_argument("--version", action="version", version=f"fvjax {FVJAX_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     render = commands.add_parser(
@@ -220,17 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser(
         "convert",
-        help="check a PyTorch-layout weights file once and write it as a params checkpoint",
+        help="check a PyTorch-layout weights file once and write it as converted weights",
         description="Check a state dict (.safetensors, .npz, or .pth through "
         "torch.load(weights_only=True)) against a zoo model's import table and write its Flax "
-        "params as an orbax checkpoint directory, with record.json (model, source file and its "
-        "SHA-256, versions). OUT goes wherever a weights file does: weights=OUT in a config, "
-        "or zoo.load(NAME, weights=OUT).",
+        "params as a converted-weights directory (an orbax tree), with record.json (model, "
+        "source file and its SHA-256, versions). OUT goes wherever a weights file does: "
+        "weights=OUT in a config, or zoo.load(NAME, weights=OUT).",
         epilog="example: fvjax convert --model inceptionv1 inception5h.pth inception5h.fvjax",
     )
     convert.add_argument("--model", required=True, help="zoo model that takes weights")
     convert.add_argument("weights", metavar="IN", help="state dict: .safetensors, .npz or .pth")
-    convert.add_argument("out", metavar="OUT", help="checkpoint directory to write")
+    convert.add_argument("out", metavar="OUT", help="converted-weights directory to write")
     convert.add_argument("--force", action="store_true", help="replace OUT if it exists")
     convert.set_defaults(run=_convert)
 
@@ -253,7 +150,7 @@ def _merge(args: argparse.Namespace) -> int:
         f"merged {len(manifest['shards'])} slices: {len(manifest['images'])} pictures of "
         f"{len(manifest['layers'])} layer(s) in {out}"
     )
-    print(f"gallery: {out / outputs.INDEX}")
+    print(f"gallery: {out / INDEX}")
     return 0
 
 

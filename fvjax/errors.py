@@ -1,9 +1,13 @@
-"""Errors fvjax raises for bad input: each names the bad value and what is allowed."""
+"""Errors fvjax raises for bad input: each names the bad value and what is allowed.
+
+Every input error is a :class:`FvjaxError` (a ``ValueError``); the ``fvjax`` command prints it
+as one line and exits with status 2. :class:`NonFiniteError` is a failed run (status 1).
+"""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class FvjaxError(ValueError):
@@ -33,6 +37,26 @@ class ConfigError(FvjaxError):
     """A config key or value is not allowed."""
 
 
+class ArgumentError(FvjaxError):
+    """An argument of a render (``remat``, ``model_dtype``, ``devices``, ...) is not allowed."""
+
+
+class WeightsError(FvjaxError):
+    """A weights file cannot be read, or its state dict does not fit the model."""
+
+
+class CheckpointMismatchError(FvjaxError):
+    """A checkpoint directory holds another render, which cannot be resumed as this one."""
+
+
+class ShardError(FvjaxError):
+    """Shard directories that cannot be joined into one job."""
+
+
+class ImageFolderError(FvjaxError):
+    """A folder holds no image fvjax could read."""
+
+
 class NonFiniteError(FloatingPointError):
     """The objective, its gradient or the image became NaN or infinite while optimizing."""
 
@@ -59,3 +83,35 @@ def unknown_layer(layer: str, known: Iterable[str]) -> UnknownLayerError:
         f"unknown layer {layer!r}.{did_you_mean(layer, known)} "
         f"The model's layers are: {', '.join(known)}"
     )
+
+
+def misfit_parts(
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    mismatched: Sequence[str],
+    noun: str = "",
+    most: int | None = None,
+) -> list[str]:
+    """One phrase per kind of misfit between weights and a model (none when they fit), each
+    listing its items (the first ``most`` of them, when given).
+
+    >>> misfit_parts(["a.weight"], [], ["b.bias: got (2,), expected (3,)"], noun="keys")
+    ['missing keys (1): a.weight', 'shape mismatches (1): b.bias: got (2,), expected (3,)']
+    """
+
+    def listing(items: Sequence[str], separator: str) -> str:
+        shown = list(items) if most is None else list(items)[:most]
+        more = (
+            f"{separator}... and {len(items) - len(shown)} more" if len(shown) < len(items) else ""
+        )
+        return separator.join(shown) + more
+
+    label = f" {noun}" if noun else ""
+    parts = []
+    if missing:
+        parts.append(f"missing{label} ({len(missing)}): {listing(missing, ', ')}")
+    if unexpected:
+        parts.append(f"unexpected{label} ({len(unexpected)}): {listing(unexpected, ', ')}")
+    if mismatched:
+        parts.append(f"shape mismatches ({len(mismatched)}): {listing(mismatched, '; ')}")
+    return parts

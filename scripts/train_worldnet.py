@@ -1,4 +1,4 @@
-"""Train WorldNet on the procedural world; write ``fvjax/zoo/worldnet.npz`` and ``.json``.
+"""Train WorldNet on the procedural world; write ``fvjax/models/zoo/worldnet.npz`` and ``.json``.
 
     python scripts/train_worldnet.py                       # the shipped weights (~8 min, 2 CPUs)
     python scripts/train_worldnet.py --steps 200 --out /tmp/worldnet   # a quick try
@@ -31,7 +31,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fvjax import data, models  # noqa: E402
 from fvjax import world as world_lib  # noqa: E402
-from fvjax.zoo import worldnet  # noqa: E402
+from fvjax.models.zoo import worldnet  # noqa: E402
 
 #: Images at the start of the held-out stream that the tests re-score (keeps them fast).
 CHECK_IMAGES = 256

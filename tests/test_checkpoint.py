@@ -13,8 +13,9 @@ import fvjax
 from fvjax import objectives as O
 from fvjax import param as P
 from fvjax import transforms as T
-from fvjax.checkpoint import CheckpointMismatchError, RenderCheckpoint
+from fvjax.errors import CheckpointMismatchError
 from fvjax.progress import Progress
+from fvjax.rendering.resume import ResumeStore
 
 KWARGS = dict(
     seeds=2,
@@ -90,12 +91,13 @@ SCRIPT = textwrap.dedent(
     import sys
     import time
     import fvjax
-    from fvjax import engine, objectives as O, param as P, transforms as T
-    run_steps = engine._run_steps
+    from fvjax import objectives as O, param as P, transforms as T
+    from fvjax.rendering import engine
+    run_steps = engine.run_steps
     def slow_run_steps(*args, **kwargs):  # >= 2 s a chunk: a busy CI's test process can poll
         time.sleep(0.005)                 # late and still kill the job in its second chunk
         return run_steps(*args, **kwargs)
-    engine._run_steps = slow_run_steps
+    engine.run_steps = slow_run_steps
     model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
     fvjax.render(model, O.channel("rgb", [0, 1, 2]), seeds=2, steps=400, size=16, batch_size=2,
                  param=P.pixel(), transforms=T.compose(T.pad(2), T.jitter(4)),
@@ -138,7 +140,8 @@ def test_a_killed_process_resumes_where_it_stopped(tmp_path):
 
 
 def test_the_cli_resumes_a_killed_job_from_its_checkpoints(tmp_path, monkeypatch):
-    from fvjax import cli, engine
+    from fvjax import cli
+    from fvjax.rendering import engine
 
     out = tmp_path / "out"
     args = [
@@ -154,7 +157,7 @@ def test_the_cli_resumes_a_killed_job_from_its_checkpoints(tmp_path, monkeypatch
         "checkpoint_every=2",
         "progress=false",
     ]
-    real_run_steps = engine._run_steps
+    real_run_steps = engine.run_steps
     calls = {"n": 0}
 
     def dying_run_steps(*a, **k):  # the process "dies" at the 9th optimization call
@@ -163,7 +166,7 @@ def test_the_cli_resumes_a_killed_job_from_its_checkpoints(tmp_path, monkeypatch
             raise Killed
         return real_run_steps(*a, **k)
 
-    monkeypatch.setattr(engine, "_run_steps", dying_run_steps)
+    monkeypatch.setattr(engine, "run_steps", dying_run_steps)
     with pytest.raises(Killed):
         cli.main(args)
     (digest,) = (out / ".checkpoints").iterdir()
@@ -180,7 +183,7 @@ def test_the_cli_resumes_a_killed_job_from_its_checkpoints(tmp_path, monkeypatch
 
 def test_an_unreadable_inflight_checkpoint_restarts_its_chunk(tmp_path):
     """At most the chunk in flight is lost: damaged in-flight state is dropped with a warning."""
-    ckpt = RenderCheckpoint(tmp_path, {"label": "channel:rgb"})
+    ckpt = ResumeStore(tmp_path, {"label": "channel:rgb"})
     state, history = {"x": np.ones(3, np.float32)}, np.zeros((4, 2), np.float32)
     ckpt.save_inflight(0, 2, state, history)
     assert ckpt.load_inflight(0, state, history)[0] == 2
@@ -191,5 +194,5 @@ def test_an_unreadable_inflight_checkpoint_restarts_its_chunk(tmp_path):
         assert ckpt.load_inflight(0, state, history) is None
     assert not (tmp_path / "inflight").exists()
     (tmp_path / ".inflight.0123abcd.tmp").mkdir()  # what a save killed mid-way leaves
-    RenderCheckpoint(tmp_path, {"label": "channel:rgb"})
+    ResumeStore(tmp_path, {"label": "channel:rgb"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json"]

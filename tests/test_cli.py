@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fvjax
 from fvjax import cli, zoo
-from fvjax import config as config_lib
+from fvjax.job import config as config_lib
+from fvjax.job import run as job_run
 
 # A tiny job every test shares (one compilation per layer): 2 units x 2 seeds of two layers.
 JOB = ["steps=3", "size=16", "units=[0, 1]", "progress=false"]
@@ -21,14 +21,14 @@ def rendered(tmp_path_factory):
     """Run ``fvjax render`` once; keep what it printed and every RenderResult it made."""
     out = tmp_path_factory.mktemp("render") / "out"
     results = []
-    real_render = fvjax.render
+    real_run_plan = job_run.run_plan
 
-    def recording_render(*args, **kwargs):
-        results.append(real_render(*args, **kwargs))
+    def recording_run_plan(*args, **kwargs):
+        results.append(real_run_plan(*args, **kwargs))
         return results[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fvjax, "render", recording_render)
+        patch.setattr(job_run, "run_plan", recording_run_plan)
         stdout, stderr = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             status = cli.main(["render", "--config", "configs/tiny.toml", *JOB, f"output={out}"])
@@ -62,7 +62,7 @@ def test_render_writes_one_png_per_unit_and_seed_and_a_grid(rendered):
 def test_manifest_records_config_hash_versions_and_activations(rendered):
     manifest = rendered["manifest"]
     config = config_lib.load("configs/tiny.toml", [*JOB, f"output={rendered['out']}"])
-    data, sha = config_lib.resolve(config)
+    data, sha = config_lib.to_dict(config), config_lib.sha256(config)
     assert manifest["config"] == data and manifest["config_sha256"] == sha
     assert manifest["complete"] is True and manifest["model"] == "tiny"
     assert manifest["versions"]["jax"] == __import__("jax").__version__
@@ -187,7 +187,7 @@ def test_python_config_of_the_same_job_has_the_same_hash(tmp_path, rendered):
         "    transforms={'scale': 0.25})\n"
     )
     config = config_lib.load(job)
-    assert config_lib.resolve(config)[1] == rendered["manifest"]["config_sha256"]
+    assert config_lib.sha256(config) == rendered["manifest"]["config_sha256"]
 
 
 def test_one_progress_bar_spans_the_whole_job(tmp_path):
@@ -195,7 +195,7 @@ def test_one_progress_bar_spans_the_whole_job(tmp_path):
         "configs/tiny.toml", [f"output={tmp_path}", "steps=3", "size=16", "seeds=1"]
     )
     stream = io.StringIO()
-    cli.run(config, stream=stream)
+    job_run.run(config, stream=stream)
     lines = [line for line in stream.getvalue().splitlines() if "%" in line]
     assert lines[-1].startswith("[2/2] block3") and "100.0% 6/6 steps" in lines[-1]
     assert all("/6 steps" in line for line in lines)  # 2 layers x 3 steps, one total

@@ -1,6 +1,7 @@
-"""``fvjax convert``: state dict -> params checkpoint, and loading it wherever weights go."""
+"""``fvjax convert``: state dict -> converted weights, and loading them wherever weights go."""
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -9,9 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from fvjax import checkpoint, cli, weights, zoo
-from fvjax import config as config_lib
-from fvjax.zoo import inception
+from fvjax import cli, zoo
+from fvjax.job import config as config_lib
+from fvjax.job import plan as plan_lib
+from fvjax.models import converted as converted_lib
+from fvjax.models import weights
+from fvjax.models.zoo import inception, resnet
 
 
 def _assert_same_params(got, want):
@@ -54,14 +58,14 @@ def converted(state_files, tmp_path_factory):
     return out, stdout.getvalue().strip()
 
 
-def test_convert_writes_a_checkpoint_and_a_record(converted, state_files):
+def test_convert_writes_the_params_and_a_record(converted, state_files):
     out, printed = converted
     assert sorted(p.name for p in out.iterdir()) == ["params", "record.json"]
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no staging left beside it
     record = json.loads((out / "record.json").read_text())
     sha = hashlib.sha256(state_files["npz"].read_bytes()).hexdigest()
     assert record["model"] == "inceptionv1" and record["source"] == "w.npz"
-    assert record["source_sha256"] == sha and record["format"] == checkpoint.PARAMS_FORMAT
+    assert record["source_sha256"] == sha and record["format"] == converted_lib.PARAMS_FORMAT
     assert record["parameters"] == 7_066_380 and record["bytes"] == 4 * 7_066_380
     assert {"fvjax", "jax", "orbax-checkpoint"} <= set(record["versions"])
     assert record["versions"]["jax"] == jax.__version__
@@ -72,7 +76,7 @@ def test_convert_writes_a_checkpoint_and_a_record(converted, state_files):
 def test_converted_params_load_bit_for_bit(converted, source):
     out, _ = converted
     _assert_same_params(zoo.load("inceptionv1", weights=str(out)).params["params"], source)
-    _assert_same_params(inception.inceptionv1(weights=out).params["params"], source)
+    _assert_same_params(inception.ARCHITECTURE.load(out).params["params"], source)
 
 
 def test_a_pth_state_dict_converts_too(capsys, state_files, source, tmp_path):
@@ -86,10 +90,10 @@ def test_a_pth_state_dict_converts_too(capsys, state_files, source, tmp_path):
     _assert_same_params(zoo.architecture("inceptionv1").params(tmp_path / "o"), source)
 
 
-def test_config_weights_key_takes_the_checkpoint(converted, source):
+def test_config_weights_key_takes_converted_weights(converted, source):
     out, _ = converted
     config = config_lib.from_dict({"model": "inceptionv1", "weights": str(out)})
-    _assert_same_params(config_lib.build_model(config).params["params"], source)
+    _assert_same_params(plan_lib.build_model(config).params["params"], source)
 
 
 def test_existing_out_is_refused_without_force(capsys, state_files, source, tmp_path):
@@ -131,13 +135,13 @@ def test_misfit_state_dict_lists_the_keys_and_writes_nothing(capsys, source, tmp
     assert [p.name for p in tmp_path.iterdir()] == ["misfit.safetensors"]
 
 
-def test_a_failed_forced_convert_keeps_the_old_checkpoint(capsys, converted, source, tmp_path):
+def test_a_failed_forced_convert_keeps_the_old_weights(capsys, converted, source, tmp_path):
     out = tmp_path / "out"
     (tmp_path / "bad.npz").write_bytes(b"not a zip file")
     old, _ = converted
     status, _, stderr = _convert(capsys, "--model", "inceptionv1", old, out)
-    assert status == 2 and "unknown weights format" in stderr  # a checkpoint is no state dict
-    checkpoint.save_params(out, source, {"model": "inceptionv1"})
+    assert status == 2 and "unknown weights format" in stderr  # converted weights are no state dict
+    converted_lib.save_params(out, source, {"model": "inceptionv1"})
     status, _, stderr = _convert(
         capsys, "--model", "inceptionv1", tmp_path / "bad.npz", out, "--force"
     )
@@ -154,14 +158,14 @@ def test_a_kill_mid_write_leaves_nothing_that_loads(monkeypatch, source, tmp_pat
         seen.extend(p.name for p in tmp_path.iterdir())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "atomic_write", killed)
+    monkeypatch.setattr(converted_lib, "atomic_write", killed)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_params(out, source, {"model": "inceptionv1"})
+        converted_lib.save_params(out, source, {"model": "inceptionv1"})
     assert len(seen) == 1 and seen[0].startswith(".out.") and seen[0].endswith(".tmp")
     assert list(tmp_path.iterdir()) == []  # and the staging directory is cleaned up
 
 
-def test_a_checkpoint_of_another_structure_is_refused(converted, source):
+def test_converted_weights_of_another_structure_are_refused(converted, source):
     out, _ = converted
     table = inception.lucent_table()
     other = {"stem": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}, **source}
@@ -170,7 +174,7 @@ def test_a_checkpoint_of_another_structure_is_refused(converted, source):
         weights.load_params(out, table, other)
     message = str(info.value)
     assert (
-        f"the params checkpoint {out} (converted for model 'inceptionv1' from 'w.npz')" in message
+        f"the converted weights {out} (converted for model 'inceptionv1' from 'w.npz')" in message
     )
     assert "missing (1): stem/kernel" in message
     assert "unexpected (12): mixed5b/1x1_pre_relu/bias, mixed5b/1x1_pre_relu/kernel" in message
@@ -183,9 +187,9 @@ def test_a_checkpoint_of_another_structure_is_refused(converted, source):
     assert "softmax2_pre_activation/bias: saved (1008,), expected (1000,)" in str(info.value)
 
 
-def test_a_directory_that_is_no_checkpoint_says_how_to_make_one(tmp_path):
+def test_a_directory_of_no_converted_weights_says_how_to_make_them(tmp_path):
     like = {"dense": {"kernel": np.zeros((2, 3), np.float32)}}
-    with pytest.raises(weights.WeightsError, match="not a params checkpoint") as info:
+    with pytest.raises(weights.WeightsError, match="not converted weights") as info:
         weights.load_params(tmp_path, [], like)
     assert "fvjax convert --model NAME WEIGHTS OUT" in str(info.value)
 
@@ -197,8 +201,8 @@ def test_unknown_model_names_the_models_that_take_weights(capsys, state_files, t
     if name == "inceptionv2":  # a typo: the unknown-model error, with the nearest name
         assert "fvjax: error: unknown model 'inceptionv2'. Did you mean 'inceptionv1'?" in stderr
     else:
-        assert "fvjax: error: model 'tiny' takes no weights file." in stderr
-        assert "Models that do: inceptionv1, resnet50, vgg16" in stderr
+        assert "fvjax: error: model 'tiny' ships its own weights and takes no weights" in stderr
+        assert "models that take one: inceptionv1, resnet50, vgg16" in stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -207,7 +211,14 @@ def test_weights_are_checked_against_a_template_not_drawn(monkeypatch, state_fil
     template = inception.param_shapes()
     like = jax.tree.map(lambda x: (x.shape, x.dtype), inception.random_params())
     assert jax.tree.map(lambda s: (s.shape, s.dtype), template) == like
-    monkeypatch.setattr(inception, "random_params", lambda *a, **k: pytest.fail("drew weights"))
+
+    def drew(*args, **kwargs):
+        pytest.fail("drew weights")
+
+    monkeypatch.setattr(inception, "random_params", drew)
+    patched = dataclasses.replace(inception.ARCHITECTURE, default_params=drew)
+    monkeypatch.setitem(zoo.ARCHITECTURES, "inceptionv1", patched)
+    monkeypatch.setattr(inception, "ARCHITECTURE", patched)
     for path in (state_files["npz"], state_files["safetensors"]):
         assert zoo.load("inceptionv1", weights=str(path)).name == "inceptionv1"
     with contextlib.redirect_stdout(io.StringIO()):
@@ -215,11 +226,9 @@ def test_weights_are_checked_against_a_template_not_drawn(monkeypatch, state_fil
             ["convert", "--model", "inceptionv1", str(state_files["npz"]), str(tmp_path / "c")]
         )
     assert status == 0
-    assert inception.inceptionv1(weights=tmp_path / "c").name == "inceptionv1"
+    assert inception.ARCHITECTURE.load(tmp_path / "c").name == "inceptionv1"
 
 
 def test_resnet_template_matches_its_random_weights():
-    from fvjax.zoo import resnet
-
     shapes = jax.tree.map(lambda s: (s.shape, s.dtype), resnet.param_shapes())
     assert shapes == jax.tree.map(lambda x: (x.shape, x.dtype), resnet.random_params())

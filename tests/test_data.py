@@ -105,7 +105,8 @@ def test_world_batches_join_up_into_generate():
 
 def test_stream_activations_runs_the_model_batch_by_batch(tmp_path):
     import fvjax
-    from fvjax.data import stream_activations, world_batches
+    from fvjax.checks import stream_activations
+    from fvjax.data import world_batches
     from fvjax.errors import UnknownLayerError
 
     model = fvjax.from_fn(lambda x: {"mean": x.mean(axis=(1, 2)), "max": x.max(axis=(1, 2))})

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     import fvjax
     from fvjax import objectives as O, transforms as T
-    from fvjax.engine import device_mesh
+    from fvjax.rendering.step import device_mesh
     assert len(jax.devices()) == 8, jax.devices()
     model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
     objective = O.channel("rgb", [0, 1, 2]) - 0.01 * O.total_variation()

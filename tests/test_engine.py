@@ -13,9 +13,9 @@ import fvjax
 from fvjax import objectives as O
 from fvjax import param as P
 from fvjax import transforms as T
-from fvjax.engine import trace_count
 from fvjax.errors import ImageSizeError, NonFiniteError, UnitRangeError
 from fvjax.progress import Progress
+from fvjax.rendering.step import trace_count
 
 CHEAP = T.compose(T.pad(2), T.jitter(4))  # random, but quick to compile
 FAST = dict(steps=12, size=16, transforms=T.identity(), param=P.pixel())

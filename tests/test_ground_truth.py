@@ -14,7 +14,8 @@ import pytest
 
 import fvjax
 from fvjax import objectives as O
-from fvjax.zoo import planted as P
+from fvjax.models.zoo import planted as P
+from fvjax.rendering.step import trace_count
 
 SIZE = 32
 RED = P.COLOUR_UNITS.index("red_vs_green")
@@ -139,7 +140,7 @@ def test_neuron_render_reaches_the_linear_optimum(param, steps, bound, signs):
         # The second filter's weights go through the first one's program: no retrace.
         model = dataclasses.replace(first, params=P.linear_filter(key, size=5).params)
         best = P.linear_optimum(model, SIZE)
-        traces = fvjax.engine.trace_count()
+        traces = trace_count()
         result = _render(
             model,
             O.neuron(P.LINEAR_LAYER, [0]),
@@ -149,7 +150,7 @@ def test_neuron_render_reaches_the_linear_optimum(param, steps, bound, signs):
             transforms=fvjax.transforms.identity(),
         )
         if key:
-            assert fvjax.engine.trace_count() == traces
+            assert trace_count() == traces
         fraction = result.activations[0] / best.value
         assert (fraction >= bound).all(), fraction
         assert (fraction <= 1.0 + 1e-5).all(), fraction  # never above the analytic optimum

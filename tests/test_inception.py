@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 
 import fvjax
-from fvjax import weights
-from fvjax.zoo import inception
+from fvjax.models import weights
+from fvjax.models.zoo import inception
 
 SIZE = 224
 
 
 @pytest.fixture(scope="module")
 def model():
-    return inception.inceptionv1()
+    return inception.ARCHITECTURE.load()
 
 
 @pytest.fixture(scope="module")
 def forward():
     """One jitted forward for every InceptionV1 param set (default LRN): compiles once."""
-    return jax.jit(inception.inceptionv1().apply)
+    return jax.jit(inception.ARCHITECTURE.load().apply)
 
 
 def test_layers_and_shapes_at_224(model):
@@ -123,7 +123,7 @@ def test_unreadable_files_raise_weights_error(tmp_path):
 
 
 def test_lucent_table_names_every_parameter():
-    table = weights.lucent_inceptionv1_table()
+    table = inception.lucent_table()
     assert table[0] == weights.Entry("conv2d0_pre_relu_conv", ("conv2d0", "pre_relu"), "conv")
     entries = {e.torch_name: e for e in table}
     assert entries["mixed4a_5x5_bottleneck_pre_relu_conv"].flax_path == (
@@ -145,7 +145,7 @@ def test_state_dict_round_trip(tmp_path, model, forward, suffix):
         np.savez(path, **state)
     else:
         weights.write_safetensors(path, state)
-    loaded = inception.inceptionv1(weights=path)
+    loaded = inception.ARCHITECTURE.load(path)
     # Same tree, same values: the import is exact.
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params["params"], source)
     images = jax.random.uniform(jax.random.key(1), (1, 64, 64, 3))
@@ -163,7 +163,7 @@ def test_misfit_state_dict_lists_every_problem(tmp_path):
     path = tmp_path / "bad.safetensors"
     weights.write_safetensors(path, state)
     with pytest.raises(weights.WeightsError) as info:
-        inception.inceptionv1(weights=path)
+        inception.ARCHITECTURE.load(path)
     message = str(info.value)
     assert "missing keys (2): conv2d1_pre_relu_conv.bias, mixed4a_3x3_pre_relu_conv.weight" in (
         message
@@ -207,7 +207,7 @@ def test_parity_with_a_pytorch_reference(tmp_path, lrn, full_float32):
     path = tmp_path / "reference.safetensors"
     weights.write_safetensors(path, {k: v.numpy() for k, v in reference.state_dict().items()})
     settings = inception.LUCENT_LRN if lrn == "lucent" else inception.INCEPTION5H_LRN
-    model = inception.inceptionv1(weights=path, lrn=settings)
+    model = inception.build(inception.ARCHITECTURE.params(path), lrn=settings)
 
     images = np.random.default_rng(0).uniform(size=(2, SIZE, SIZE, 3)).astype(np.float32)
     with torch.no_grad():

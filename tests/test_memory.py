@@ -10,8 +10,8 @@ from fvjax import objectives as O
 from fvjax import param as P
 from fvjax import transforms as T
 from fvjax import zoo
-from fvjax.engine import (
-    REMAT,
+from fvjax.errors import UnitRangeError
+from fvjax.rendering.cost import (
     MemoryFit,
     StepMemory,
     compile_step,
@@ -20,7 +20,7 @@ from fvjax.engine import (
     residual_bytes,
     step_memory,
 )
-from fvjax.errors import UnitRangeError
+from fvjax.rendering.step import REMAT
 
 CHEAP = dict(param=P.pixel(), transforms=T.identity())  # quick to compile
 
@@ -144,7 +144,7 @@ def test_remat_names_the_allowed_modes_and_needs_blocks_for_blocks(net):
     with pytest.raises(ValueError, match="must be one of 'none', 'convs', 'blocks', got True"):
         compile_step(net, objective, size=16, remat=True, **CHEAP)
     flat = fvjax.from_fn(lambda x: {"rgb": x}, name="flat")
-    with pytest.raises(ValueError, match="model 'flat' has no per-block checkpoints"):
+    with pytest.raises(ValueError, match="model 'flat' has no per-block remat for remat='blocks'"):
         fvjax.render(flat, O.channel("rgb", [0]), steps=2, size=8, remat="blocks", **CHEAP)
     assert residual_bytes(flat, O.channel("rgb", [0]), 2, size=8, remat="convs", **CHEAP) > 0
 

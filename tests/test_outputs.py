@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fvjax import outputs
-from fvjax.engine import RenderResult
+from fvjax.files import atomic_write
+from fvjax.job import outputs
+from fvjax.rendering.engine import RenderResult
 
 
 def fake_result(units, seeds, size=8, label="channel:x"):
@@ -54,8 +55,8 @@ def page_links(page: Path) -> Links:
 
 def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
     path = tmp_path / "sub" / "a.txt"
-    outputs.atomic_write(path, "one")
-    outputs.atomic_write(path, b"two")
+    atomic_write(path, "one")
+    atomic_write(path, b"two")
     assert path.read_text() == "two"
     assert os.listdir(path.parent) == ["a.txt"]
     umask = os.umask(0)
@@ -65,14 +66,14 @@ def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
 
 def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "a.txt"
-    outputs.atomic_write(path, "old")
+    atomic_write(path, "old")
 
     def broken_replace(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        outputs.atomic_write(path, "new")
+        atomic_write(path, "new")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["a.txt"]
 
@@ -179,7 +180,7 @@ def test_output_directory_has_pictures_manifest_and_linked_gallery(tmp_path):
 
 def test_named_units_are_shown_in_the_manifest_and_gallery(tmp_path):
     import fvjax
-    from fvjax import outputs
+    from fvjax.job import outputs
 
     model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
     model = dataclasses.replace(model, unit_names={"rgb": ("red", "green", "blue")})

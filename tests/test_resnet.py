@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import fvjax
-from fvjax import weights
-from fvjax.zoo import resnet
+from fvjax.models import weights
+from fvjax.models.zoo import resnet
 
 SIZE = 224
 #: torchvision's ``resnet50``: 25,557,032 parameters (``sum(p.numel() for p in
@@ -18,7 +18,7 @@ N_STATE_DICT_KEYS = 320
 
 @pytest.fixture(scope="module")
 def model():
-    return resnet.resnet50()
+    return resnet.ARCHITECTURE.load()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_state_dict_round_trip(tmp_path, suffix):
     counted = _with_counters(state)
     if suffix == ".npz":
         np.savez(path, **counted)
-        loaded = resnet.resnet50(weights=path)
+        loaded = resnet.ARCHITECTURE.load(path)
     else:
         weights.write_safetensors(path, counted)
         loaded = fvjax.zoo.load("resnet50", weights=str(path))
@@ -131,7 +131,7 @@ def test_misfit_state_dict_lists_every_problem(tmp_path):
     path = tmp_path / "bad.safetensors"
     weights.write_safetensors(path, state)
     with pytest.raises(weights.WeightsError) as info:
-        resnet.resnet50(weights=path)
+        resnet.ARCHITECTURE.load(path)
     message = str(info.value)
     assert "missing keys (2): bn1.weight, layer2.0.downsample.1.running_var" in message
     assert "unexpected keys (1): layer5.0.conv1.weight" in message
@@ -167,7 +167,7 @@ def reference(tmp_path_factory):
                 module.bias.normal_(std=0.1)
     path = tmp_path_factory.mktemp("resnet50") / "reference.safetensors"
     weights.write_safetensors(path, {k: v.numpy() for k, v in net.state_dict().items()})
-    return net, resnet.resnet50(weights=path)
+    return net, resnet.ARCHITECTURE.load(path)
 
 
 def test_reference_state_dict_has_torchvisions_keys(reference):

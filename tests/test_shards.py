@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fvjax import cli, shards
-from fvjax import config as config_lib
+from fvjax import cli
 from fvjax.errors import ConfigError
+from fvjax.job import config as config_lib
+from fvjax.job import shards
 
 # 6 of block2's 16 units split 3 ways: slices of 2 units, one compiled program for all three.
 JOB = ["steps=3", "size=16", "layers=['block2']", "units=[0, 3, 4, 9, 12, 15]", "progress=false"]
@@ -97,7 +98,7 @@ def test_merged_slices_are_the_one_process_render(whole, sliced):
     assert (sliced / "index.html").is_file()
     # The merged config is the job's own: rendering it in one process gives the same hash.
     config = config_lib.from_dict({k: v for k, v in merged["config"].items()})
-    assert config_lib.resolve(config)[1] == merged["config_sha256"]
+    assert config_lib.sha256(config) == merged["config_sha256"]
 
 
 def test_merge_names_what_is_missing_unfinished_or_foreign(tmp_path, sliced):

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import fvjax
-from fvjax import models, weights
-from fvjax.zoo import vgg
+from fvjax import models
+from fvjax.models import weights
+from fvjax.models.zoo import vgg
 
 SIZE = 224
 #: A size where the adaptive pool is not the identity (pool5 is 3x5), nor square.
@@ -24,7 +25,7 @@ TORCHVISION_LINEARS = (0, 3, 6)
 
 @pytest.fixture(scope="module")
 def model():
-    return vgg.vgg16()  # random weights (seed 0)
+    return vgg.ARCHITECTURE.load()  # random weights (seed 0)
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +167,9 @@ def test_state_dict_round_trip(tmp_path, model, state, suffix):
         np.savez(path, **state)
     else:
         weights.write_safetensors(path, state)
-    # vgg16(weights=...) checks the file against param_shapes(), which holds no values: every
-    # number of the loaded model comes from the file.
-    loaded = vgg.vgg16(weights=path)
+    # ARCHITECTURE.load(weights) checks the file against param_shapes(), which holds no
+    # values: every number of the loaded model comes from the file.
+    loaded = vgg.ARCHITECTURE.load(path)
     assert loaded.name == "vgg16"
     assert_trees_equal(loaded.params["params"], model.params["params"])  # the import is exact
 
@@ -183,7 +184,7 @@ def test_misfit_state_dict_lists_every_problem(tmp_path, state):
     path = tmp_path / "bad.safetensors"
     weights.write_safetensors(path, misfit)
     with pytest.raises(weights.WeightsError) as info:
-        vgg.vgg16(weights=path)
+        vgg.ARCHITECTURE.load(path)
     message = str(info.value)
     assert "missing keys (3): classifier.0.bias, classifier.0.weight, features.0.bias" in message
     assert "unexpected keys (1): features.1.running_mean" in message

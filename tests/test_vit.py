@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import fvjax
-from fvjax import weights
-from fvjax.zoo import vit
+from fvjax.models import weights
+from fvjax.models.zoo import vit
 
 SIZE = 224
 #: Not square, and a patch grid (6 x 11) the position embeddings are resized to, one axis
@@ -20,7 +20,7 @@ SMALL = (96, 180)
 
 @pytest.fixture(scope="module")
 def model():
-    return vit.vit_b_16()  # random weights (seed 0)
+    return vit.ARCHITECTURE.load()  # random weights (seed 0)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_state_dict_has_torchvision_names_and_layouts(state):
 def test_state_dict_round_trip_and_misfits(tmp_path, model, state):
     path = tmp_path / "vit_b_16.safetensors"
     weights.write_safetensors(path, state)
-    loaded = vit.vit_b_16(weights=path)  # checked against param_shapes(): values from the file
+    loaded = vit.ARCHITECTURE.load(path)  # checked against param_shapes(): values from the file
     for ours, theirs in zip(
         jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(model.params),
         strict=True,
@@ -122,7 +122,7 @@ def test_state_dict_round_trip_and_misfits(tmp_path, model, state):
     bad = tmp_path / "bad.safetensors"
     weights.write_safetensors(bad, misfit)
     with pytest.raises(weights.WeightsError) as info:
-        vit.vit_b_16(weights=bad)
+        vit.ARCHITECTURE.load(bad)
     message = str(info.value)
     assert "missing keys (2): class_token, encoder.layers.encoder_layer_0.mlp.0.weight" in message
     assert "unexpected keys (1): encoder.layers.encoder_layer_0.mlp.linear_1.weight" in message

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fvjax import models, world
-from fvjax.zoo import worldnet
+from fvjax.models.zoo import worldnet
 
 
 @pytest.fixture(scope="module")

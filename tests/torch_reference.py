@@ -19,7 +19,7 @@ nn = torch.nn
 
 import numpy as np  # noqa: E402
 
-from fvjax.zoo.inception import INCEPTION5H_LRN, MIXED, N_CLASSES  # noqa: E402
+from fvjax.models.zoo.inception import INCEPTION5H_LRN, MIXED, N_CLASSES  # noqa: E402
 
 
 def relative_errors(ours, theirs) -> dict[str, float]:

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch")
 F = torch.nn.functional
 nn = torch.nn
 
-from fvjax.zoo.resnet import EXPANSION, N_CLASSES, STAGES, STEM_WIDTH  # noqa: E402
+from fvjax.models.zoo.resnet import EXPANSION, N_CLASSES, STAGES, STEM_WIDTH  # noqa: E402
 
 Layers = dict[str, torch.Tensor]
 

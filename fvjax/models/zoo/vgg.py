@@ -39,7 +39,6 @@ through :func:`torchvision_table`.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -47,8 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fvjax.models import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
-from fvjax.weights import Entry, load_params, params_tree, shape_leaves
+from fvjax.models.adapters import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
+from fvjax.models.weights import Entry, params_tree, shape_leaves
+from fvjax.models.zoo.architecture import Architecture
 
 #: Output channels of the 3x3 convolutions of each block; a 2x2 max pool ends every block.
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -116,7 +116,7 @@ class Features(nn.Module):
     ``features/conv1_1``; the convolutions themselves are ``features/0`` ... ``features/28``.
     """
 
-    #: Each block (its convolutions and pool) under its own checkpoint (``nn.remat``).
+    #: Each block (its convolutions and pool) rematerialized (``nn.remat``).
     remat: bool = False
 
     @nn.compact
@@ -163,7 +163,7 @@ class VGG16(nn.Module):
     (1, 1000)
     """
 
-    remat: bool = False  # each block of ``features`` under its own checkpoint
+    remat: bool = False  # each block of ``features`` rematerialized (``nn.remat``)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -252,18 +252,10 @@ def build(params: Any) -> Model:
     )
 
 
-def vgg16(weights: str | os.PathLike | None = None) -> Model:
-    """VGG-16 (torchvision's) as an fvjax model taking pictures in ``[0, 1]``.
-
-    ``weights``: a torchvision ``vgg16`` state dict (``.safetensors``, ``.npz``, or ``.pth``
-    when torch is installed), e.g. saved once on a machine with torchvision by
-    ``safetensors.torch.save_file(vgg16(weights="IMAGENET1K_V1").state_dict(), path)``;
-    ``None`` gives random weights (seed 0). The file is checked against :func:`param_shapes`,
-    so no random weights are drawn to load real ones.
-
-    >>> vgg16().layer_shapes(224)["conv5_3"]
-    (14, 14, 512)
-    """
-    if weights is None:
-        return build(random_params())
-    return build(load_params(weights, torchvision_table(), param_shapes()))
+#: ``zoo.load("vgg16", weights=path)``: ``path`` is a torchvision ``vgg16`` state dict
+#: (``.safetensors``, ``.npz``, or ``.pth`` when torch is installed) or its converted weights, e.g.
+#: saved once on a machine with torchvision by
+#: ``safetensors.torch.save_file(torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict(),
+#: path)``; checked against :func:`param_shapes`, so no random weights are drawn to load real ones.
+#: Without ``weights``: ``random_params()``, random weights drawn with seed 0.
+ARCHITECTURE = Architecture("vgg16", build, random_params, torchvision_table, param_shapes)

@@ -28,6 +28,7 @@ Layers, as ``capture_intermediates`` names them, with their shapes for a 64x64 i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Sequence
@@ -39,7 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fvjax import world as world_lib
+from fvjax.data import world as world_lib
+from fvjax.models.adapters import Model, from_linen
+from fvjax.models.zoo.architecture import Architecture
 
 #: Per-channel mean and standard deviation used inside the model: about the world's pixel
 #: statistics (mean 0.50, std 0.18), rounded.
@@ -193,3 +196,21 @@ def accuracy_report(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, 
         },
         "per_concept": {name: float(a) for name, a in zip(names, per_concept, strict=True)},
     }
+
+
+@functools.cache
+def _info() -> dict[str, Any]:
+    return json.loads(INFO_PATH.read_text())
+
+
+def build(variables: Any) -> Model:
+    """The fvjax model of a :class:`WorldNet` variables tree (the shipped one by default); the
+    logits (and ``output``) units are named by concept."""
+    info = _info()
+    module = WorldNet(features=tuple(info["model"]["features"]))
+    concepts = tuple(info["concepts"])
+    model = from_linen(module, variables, name="worldnet")
+    return dataclasses.replace(model, unit_names={"logits": concepts, "output": concepts})
+
+
+ARCHITECTURE = Architecture("worldnet", build, lambda: load_worldnet()[1])

@@ -21,10 +21,12 @@ the same, bit for bit, whatever ``n`` is and however the images are split into b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+from fvjax.data.images import as_size
 
 # --- Concept vocabularies: read them, don't copy them. -------------------------------------
 
@@ -222,7 +224,7 @@ def generate(seed: int, n: int, size: int | tuple[int, int], start: int = 0) -> 
     >>> bool((a.images[2:] == b.images).all())
     True
     """
-    height, width = (size, size) if isinstance(size, int | np.integer) else size
+    height, width = as_size(size)
     height, width = int(height), int(width)
     if min(height, width) < MIN_SIZE:
         raise ValueError(f"world images must be at least {MIN_SIZE}x{MIN_SIZE}, got {size}")
@@ -237,6 +239,21 @@ def generate(seed: int, n: int, size: int | tuple[int, int], start: int = 0) -> 
     chunk = max(1, 2**20 // (height * width))
     starts = range(0, n, chunk) if n else [0]
     return _concatenate([_render(uniforms[i : i + chunk], height, width) for i in starts])
+
+
+def world_batches(
+    seed: int, size: int | tuple[int, int], batch_size: int, n: int
+) -> Iterator[World]:
+    """``n`` images of the procedural world in batches of ``batch_size``, with their labels and
+    masks; together they are exactly ``world.generate(seed, n, size)``.
+
+    >>> [len(batch.images) for batch in world_batches(seed=0, size=32, batch_size=3, n=7)]
+    [3, 3, 1]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield generate(seed, min(batch_size, n - start), size, start=start)
 
 
 def _concatenate(parts: list[World]) -> World:

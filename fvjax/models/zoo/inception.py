@@ -31,7 +31,7 @@ Lucent's port (:data:`LUCENT_LRN`) computes ``torch.nn.functional.local_response
 alpha=1e-4, beta=0.5, k=1)``, i.e. radius 4, bias 1, alpha ``1e-4 / 9``: a known mistake (Lucent
 pull request 51). The default is the graph's; pass ``lrn=LUCENT_LRN`` to match Lucent exactly.
 
->>> model = inceptionv1()
+>>> model = build(random_params())
 >>> shapes = model.layer_shapes(224)
 >>> shapes["mixed4a"], shapes["conv2d0/pre_relu"], shapes["softmax2"]
 ((14, 14, 508), (112, 112, 64), (1008,))
@@ -39,7 +39,6 @@ pull request 51). The default is the graph's; pass ``lrn=LUCENT_LRN`` to match L
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -47,8 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fvjax.models import Model, from_linen, normalize
-from fvjax.weights import Entry, load_params, params_tree, shape_leaves
+from fvjax.models.adapters import Model, from_linen, normalize
+from fvjax.models.weights import Entry, params_tree, shape_leaves
+from fvjax.models.zoo.architecture import Architecture
 
 
 class LRNSettings(NamedTuple):
@@ -152,7 +152,7 @@ class InceptionV1(nn.Module):
     """
 
     lrn: LRNSettings = INCEPTION5H_LRN
-    #: Each block under its own checkpoint (``nn.remat``): ``conv2d0`` with its pool and LRN,
+    #: Each block rematerialized (``nn.remat``): ``conv2d0`` with its pool and LRN,
     #: ``conv2d1`` to the stem's last pool, each mixed block. Same params and layers.
     remat: bool = False
 
@@ -243,20 +243,10 @@ def build(params: Any, lrn: LRNSettings = INCEPTION5H_LRN) -> Model:
     )
 
 
-def inceptionv1(
-    weights: str | os.PathLike | None = None, lrn: LRNSettings = INCEPTION5H_LRN
-) -> Model:
-    """InceptionV1 (``inception5h``) as an fvjax model taking pictures in ``[0, 1]``.
-
-    ``weights``: a PyTorch-layout state dict with Lucent's key names (``.safetensors``,
-    ``.npz``, or ``.pth`` when torch is installed), e.g. Lucent's ``inceptionv1`` weights
-    converted once with ``safetensors.torch.save_file(torch.load(p), "inception5h.safetensors")``;
-    ``None`` gives random weights (seed 0). ``lrn``: :data:`INCEPTION5H_LRN` (the graph's) or
-    :data:`LUCENT_LRN` (to match Lucent's outputs).
-
-    >>> inceptionv1().layer_shapes(224)["mixed5b"]
-    (7, 7, 1024)
-    """
-    if weights is None:
-        return build(random_params(), lrn)
-    return build(load_params(weights, lucent_table(), param_shapes()), lrn)
+#: ``zoo.load("inceptionv1", weights=path)``: ``path`` is a state dict with Lucent's key names
+#: (``.safetensors``, ``.npz``, or ``.pth`` when torch is installed) or its converted weights, e.g.
+#: Lucent's ``inceptionv1`` weights converted once with
+#: ``safetensors.torch.save_file(torch.load(p), "inception5h.safetensors")``;
+#: ``inception.build(params, lrn=LUCENT_LRN)`` matches Lucent's outputs exactly. Without
+#: ``weights``: random weights (seed 0).
+ARCHITECTURE = Architecture("inceptionv1", build, random_params, lucent_table, param_shapes)

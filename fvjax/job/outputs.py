@@ -16,9 +16,9 @@ relative links: it opens from the filesystem, no server, no JavaScript.
 
 >>> import numpy as np, tempfile
 >>> out = RenderOutput(tempfile.mkdtemp(), config={"model": "m"}, config_sha256="0" * 64)
->>> result = type("R", (), dict(images=np.zeros((2, 1, 8, 8, 3)), units=np.array([0, 1]),
-...     seeds=(0,), activations=np.zeros((2, 1)), label="channel:a/b", seconds=0.0,
-...     first_call_seconds=0.0))()
+>>> result = RenderResult(images=np.zeros((2, 1, 8, 8, 3)), activations=np.zeros((2, 1)),
+...     history=None, units=np.array([0, 1]), seeds=(0,), label="channel:a/b", layer="a/b",
+...     seconds=0.0, first_call_seconds=0.0)
 >>> out.add_layer("a/b", result, shape=(8, 8, 2))["slug"]
 'a-b'
 >>> sorted(p.name for p in out.path.glob("a-b/*"))
@@ -27,68 +27,27 @@ relative links: it opens from the filesystem, no server, no JavaScript.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import html
 import io
 import json
 import math
 import os
-import platform
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
 
-MANIFEST = "manifest.json"
-INDEX = "index.html"
-GRID = "grid.png"
+from fvjax.files import atomic_write, backend, versions
+from fvjax.job.gallery import GRID, INDEX, MANIFEST, index_page, layer_page
+from fvjax.rendering.engine import RenderResult
+
 FORMAT = "fvjax-render/1"
 #: Files and folders at the top of ``OUT`` that a layer's folder must not be named.
 _RESERVED = {MANIFEST, INDEX}
-
-# -- atomic writes ------------------------------------------------------------------------------
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A reader sees the old file or the new one, never a partial one; on error the temporary
-    file is removed. (Not fsynced: atomic against a crash of this process, not a power cut.)
-
-    >>> import tempfile
-    >>> path = atomic_write(Path(tempfile.mkdtemp()) / "a.txt", "hello")
-    >>> path.read_text()
-    'hello'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(payload)
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    return path
-
 
 # -- pictures -----------------------------------------------------------------------------------
 
@@ -190,34 +149,6 @@ def image_name(unit: int, seed: int) -> str:
     return f"unit{int(unit):04d}_seed{int(seed)}.png"
 
 
-def versions() -> dict[str, str]:
-    """Versions of fvjax, its main dependencies and Python."""
-    found = {}
-    for name in ("fvjax", "jax", "jaxlib", "flax", "optax", "numpy"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "unknown"
-    if found["fvjax"] == "unknown":  # running from a source checkout
-        import fvjax
-
-        found["fvjax"] = fvjax.__version__
-    found["python"] = platform.python_version()
-    return found
-
-
-def backend() -> dict[str, Any]:
-    """The JAX backend this process renders on."""
-    import jax
-
-    devices = jax.devices()
-    return {
-        "platform": jax.default_backend(),
-        "device_count": len(devices),
-        "device_kind": devices[0].device_kind if devices else "none",
-    }
-
-
 # -- the output directory -----------------------------------------------------------------------
 
 
@@ -226,7 +157,7 @@ class RenderOutput:
 
     ``started`` is the job's ``time.perf_counter()`` start, for ``timings.total_seconds``.
 
-    Call :meth:`add_layer` with each :class:`fvjax.RenderResult` as it arrives and
+    Call :meth:`add_layer` with each :class:`~fvjax.rendering.engine.RenderResult` as it arrives and
     :meth:`finish` at the end; after each call the manifest and gallery describe what is done.
     """
 
@@ -263,7 +194,7 @@ class RenderOutput:
     def add_layer(
         self,
         layer: str,
-        result: Any,
+        result: RenderResult,
         shape: Sequence[int] | None = None,
         unit_names: Sequence[str | None] | None = None,
     ) -> dict:
@@ -355,158 +286,3 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of an output directory (or of a ``manifest.json`` path)."""
     path = Path(path)
     return json.loads((path / MANIFEST if path.is_dir() else path).read_text())
-
-
-# -- the gallery --------------------------------------------------------------------------------
-
-_CSS = """
-:root { color-scheme: light; --ink: #1d2430; --muted: #5d6675; --line: #d9dde3; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-  color: var(--ink); background: #f3f4f6; }
-header { padding: 18px 28px 14px; background: #fff; border-bottom: 1px solid var(--line); }
-header h1 { margin: 0 0 4px; font-size: 20px; font-weight: 600; }
-header p { margin: 2px 0; color: var(--muted); }
-header a { color: #2357c5; text-decoration: none; }
-header a:hover { text-decoration: underline; }
-main { padding: 20px 28px 40px; }
-code { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-  background: #eef0f3; padding: 1px 4px; border-radius: 3px; }
-.meta { display: flex; flex-wrap: wrap; gap: 6px 18px; margin-top: 8px; color: var(--muted); }
-.meta b { color: var(--ink); font-weight: 600; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr));
-  gap: 18px; }
-.card { display: block; background: #fff; border: 1px solid var(--line); border-radius: 8px;
-  overflow: hidden; color: inherit; text-decoration: none; }
-.card:hover { border-color: #9fb3d9; box-shadow: 0 2px 8px rgba(30, 50, 90, .12); }
-.card .thumb { height: 280px; padding: 10px; background: #fafafa;
-  border-bottom: 1px solid var(--line); }
-.card .thumb img { display: block; width: 100%; height: 100%; object-fit: contain; }
-.card .thumb img.small { image-rendering: pixelated; }
-.card .text { padding: 10px 14px 12px; }
-.card h2 { margin: 0 0 4px; font-size: 16px; }
-.card p { margin: 0; color: var(--muted); }
-.tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(var(--tile), 1fr));
-  gap: 12px; }
-.tile { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 8px; }
-.tile h3 { margin: 0 0 6px; font-size: 13px; font-weight: 600; display: flex;
-  justify-content: space-between; }
-.tile h3 span { color: var(--muted); font-weight: 400; }
-.seeds { display: flex; gap: 6px; }
-figure { margin: 0; flex: 1 1 0; min-width: 0; }
-figure img { display: block; width: 100%; height: auto; image-rendering: pixelated;
-  background: #eee; border-radius: 2px; }
-figcaption { margin-top: 2px; font-size: 11px; color: var(--muted); text-align: center;
-  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-.running { color: #b25b00; font-weight: 600; }
-"""
-
-
-def _page(title: str, header: str, body: str) -> str:
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<header>\n{header}\n</header>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
-    )
-
-
-def _number(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _href(path: str) -> str:
-    return html.escape("/".join(_quote(part) for part in path.split("/")), quote=True)
-
-
-def _quote(part: str) -> str:
-    return quote(part, safe="")
-
-
-def index_page(manifest: Mapping[str, Any]) -> str:
-    """``index.html``: the job's settings and a card per layer linking to its page."""
-    config = manifest.get("config", {})
-    n_images = len(manifest["images"])
-    status = "" if manifest["complete"] else ' <span class="running">(rendering...)</span>'
-    size = config.get("size", "?")
-    size = f"{size[0]}x{size[1]}" if isinstance(size, list) else f"{size}x{size}"
-    param = config.get("param", {})
-    settings = [
-        ("model", manifest["model"]),
-        ("objective", config.get("objective", "?")),
-        ("size", size),
-        ("steps", config.get("steps", "?")),
-        ("seeds", config.get("seeds", "?")),
-        ("param", param.get("kind", "?")),
-        ("config", manifest["config_sha256"][:12]),
-        ("backend", manifest["backend"]["platform"]),
-        ("created", manifest["created"]),
-    ]
-    meta = "".join(
-        f"<span>{html.escape(k)} <b>{html.escape(str(v))}</b></span>" for k, v in settings
-    )
-    header = (
-        f"<h1>fvjax gallery: {html.escape(manifest['model'])}{status}</h1>\n"
-        f"<p>{len(manifest['layers'])} layer(s), {n_images} picture(s). "
-        f'Details in <a href="{MANIFEST}">{MANIFEST}</a>.</p>\n<div class="meta">{meta}</div>'
-    )
-    cards = []
-    for layer in manifest["layers"]:
-        shape = "x".join(str(d) for d in layer["shape"]) if layer["shape"] else "?"
-        # Enlarged grids stay crisp; shrunk ones are smoothed.
-        small = ' class="small"' if max(layer.get("grid_size", [0])) < 260 else ""
-        cards.append(
-            f'<a class="card" href="{_href(layer["page"])}">'
-            f'<div class="thumb"><img src="{_href(layer["grid"])}"{small} '
-            f'alt="grid of {html.escape(layer["layer"])}"></div>'
-            f'<div class="text"><h2>{html.escape(layer["layer"])}</h2>'
-            f"<p>{len(layer['units'])} unit(s) x {len(layer['seeds'])} seed(s), "
-            f"activations {html.escape(shape)}</p>"
-            f"<p>activation mean {_number(layer['activation_mean'])}, "
-            f"max {_number(layer['activation_max'])}, {layer['seconds']:.1f} s</p></div></a>"
-        )
-    body = '<div class="cards">\n' + "\n".join(cards) + "\n</div>" if cards else "<p>None yet.</p>"
-    return _page(f"fvjax: {manifest['model']}", header, body)
-
-
-def layer_page(layer: Mapping[str, Any], images: Sequence[Mapping[str, Any]], model: str) -> str:
-    """``<slug>/index.html``: a tile per unit with each seed's picture and final activation."""
-    by_unit: dict[int, list[Mapping[str, Any]]] = {}
-    for image in images:
-        by_unit.setdefault(image["unit"], []).append(image)
-    n_seeds = len(layer["seeds"])
-    height, width = layer["image_size"]
-    # Tiles at least 100 px a picture (small pictures are enlarged, pixelated), at most 256.
-    shown = min(max(width, 100), 256)
-    tile = n_seeds * shown + (n_seeds - 1) * 6 + 18
-    prefix = layer["slug"] + "/"
-    tiles = []
-    for unit, members in by_unit.items():
-        best = max(m["activation"] for m in members)
-        figures = "".join(
-            f'<figure><img src="{_href(m["file"].removeprefix(prefix))}" width="{width}" '
-            f'height="{height}" loading="lazy" alt="unit {unit} seed {m["seed"]}">'
-            f"<figcaption>seed {m['seed']} &middot; {_number(m['activation'])}</figcaption>"
-            "</figure>"
-            for m in members
-        )
-        named = members[0].get("unit_name")
-        title = f"unit {unit}" + (f" &middot; {html.escape(named)}" if named else "")
-        tiles.append(
-            f'<div class="tile" id="unit{unit}"><h3>{title}'
-            f"<span>max {_number(best)}</span></h3>"
-            f'<div class="seeds">{figures}</div></div>'
-        )
-    shape = "x".join(str(d) for d in layer["shape"]) if layer["shape"] else "?"
-    header = (
-        f'<p><a href="../{INDEX}">&larr; all layers</a></p>\n'
-        f"<h1>{html.escape(layer['layer'])}</h1>\n"
-        f"<p>{html.escape(model)} &middot; <code>{html.escape(layer['label'])}</code> &middot; "
-        f"activations {html.escape(shape)} &middot; {len(by_unit)} unit(s) x {n_seeds} seed(s) "
-        f"&middot; {width}x{height} px &middot; "
-        f'<a href="{GRID}">grid.png</a></p>\n'
-        "<p>Each caption is the objective's value on the final picture (higher is stronger).</p>"
-    )
-    body = f'<div class="tiles" style="--tile: {tile}px">\n' + "\n".join(tiles) + "\n</div>"
-    return _page(f"{layer['layer']} - fvjax", header, body)

@@ -5,7 +5,8 @@ Images are NHWC RGB in ``[0, 1]``; preprocessing (mean/std, input range) lives i
 so pictures are always plain RGB. ``params`` travel as a jit *argument* (weights captured as
 constants make XLA fold the backward pass at compile time, 20-50x slower to compile).
 
-Flax stays behind this one module: :func:`from_linen` reads every submodule's output with
+Flax stays behind this one module (the zoo's networks are written in Flax; fvjax's code reads
+them only through these adapters): :func:`from_linen` reads every submodule's output with
 ``capture_intermediates``, :func:`from_nnx` with ``nnx.capture(method_outputs=...)``; both
 address layers by module path (``"block3/conv"``), the model's code untouched.
 """
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fvjax.data.images import as_size
 from fvjax.errors import FvjaxError, ImageSizeError, ModelOutputError, unknown_layer
 
 Array = jax.Array
@@ -45,9 +47,9 @@ class Model:
     name: str = "model"
     #: Optional names of a layer's units, e.g. ``{"logits": ("red", "green", ...)}``.
     unit_names: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
-    #: ``apply`` with each block of the network under its own ``jax.checkpoint`` (the same
+    #: ``apply`` with each block of the network rematerialized (``jax.checkpoint``; the same
     #: params, the same activations): what ``render(..., remat="blocks")`` runs. ``None``: the
-    #: model has no block structure to checkpoint.
+    #: model has no blocks to rematerialize.
     remat_apply: Callable[[Any, Array], Activations] | None = None
 
     def unit_name(self, layer: str, unit: int) -> str | None:
@@ -90,18 +92,19 @@ class Model:
 
     def check_layer(self, layer: str, size: int | tuple[int, int]) -> tuple[int, ...]:
         """The shape of ``layer`` at ``size``; a clear error naming the known layers if absent."""
-        shapes = self.layer_shapes(size)
-        if layer not in shapes:
-            raise unknown_layer(layer, shapes)
-        return shapes[layer]
+        return layer_shape(self.layer_shapes(size), layer)
 
 
-def as_size(size: int | tuple[int, int]) -> tuple[int, int]:
-    """``(height, width)`` from an int or a pair."""
-    if isinstance(size, int | np.integer):
-        return int(size), int(size)
-    height, width = size
-    return int(height), int(width)
+def layer_shape(shapes: Mapping[str, tuple[int, ...]], layer: str) -> tuple[int, ...]:
+    """``shapes[layer]``, or the unknown-layer error naming the nearest and all known layers:
+    the one place a layer name is checked.
+
+    >>> layer_shape({"block3/conv": (8, 8, 64)}, "block3/conv")
+    (8, 8, 64)
+    """
+    if layer not in shapes:
+        raise unknown_layer(layer, shapes)
+    return tuple(shapes[layer])
 
 
 #: torchvision's ImageNet statistics of RGB in [0, 1]: ``normalize(IMAGENET_MEAN, IMAGENET_STD)``.
@@ -221,7 +224,7 @@ def from_linen(
     preprocess = preprocess or _identity
 
     def applying(network: Any) -> Callable[[Any, Array], Activations]:
-        # Capturing inside a checkpointed block costs nothing: outputs no objective reads are
+        # Capturing inside a rematerialized block costs nothing: outputs no objective reads are
         # dropped before autodiff decides what to keep for the backward pass.
         def apply(variables: Any, images: Array) -> Activations:
             _, state = network.apply(

@@ -11,8 +11,6 @@ one-process render writes.
 ``"auto"``: ``jax.process_index()`` of ``jax.process_count()``, which is ``0/1`` unless
 ``jax.distributed.initialize()`` has joined the processes (``distributed = true``).
 
->>> parse_shard("3/8")
-(3, 8)
 >>> shard_dir(3, 8)
 'shard-3-of-8'
 >>> positions(1, 3, 7).tolist()
@@ -24,41 +22,26 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+import jax
 import numpy as np
+from jax._src import distributed
+from jax.experimental import multihost_utils
 from PIL import Image
 
-from fvjax import outputs
-from fvjax.errors import FvjaxError
+from fvjax.errors import ShardError
+from fvjax.files import data_sha256
+from fvjax.job.config import identity, parse_shard
+from fvjax.job.outputs import RenderOutput, read_manifest
+from fvjax.rendering.engine import RenderResult
 
-_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
-#: Config keys that say where a slice runs, not what the job is.
-PLACEMENT_KEYS = ("shard", "distributed")
 
 
-class ShardError(FvjaxError):
-    """Shard directories that cannot be joined into one job."""
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``; raises ``ValueError`` otherwise."""
-    match = _SHARD.match(str(text))
-    if not match:
-        raise ValueError(f"a shard is 'K/N' (process K of N, from 0) or 'auto', got {text!r}")
-    index, count = int(match[1]), int(match[2])
-    if not 0 <= index < count:
-        raise ValueError(f"shard {text!r}: K must be in 0..N-1 (0..{count - 1})")
-    return index, count
-
-
-def resolve(shard: str) -> tuple[int, int]:
+def this_process(shard: str) -> tuple[int, int]:
     """``(K, N)`` for a config's ``shard`` value; ``"auto"`` asks JAX which process this is."""
     if shard == "auto":
-        import jax
-
         return jax.process_index(), jax.process_count()
     return parse_shard(shard)
 
@@ -78,9 +61,6 @@ def initialize_distributed() -> None:
     """``jax.distributed.initialize()`` once. Where the cluster is one JAX detects (Cloud TPU,
     SLURM, Open MPI, Kubernetes) it needs nothing; elsewhere set ``JAX_COORDINATOR_ADDRESS``
     (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``."""
-    import jax
-    from jax._src import distributed
-
     if distributed.global_state.client is not None:  # a second call would raise
         return
     settings = {}
@@ -100,8 +80,6 @@ def initialize_distributed() -> None:
 
 def wait_for_all(name: str) -> None:
     """Block until every process of a distributed job gets here."""
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(name)
 
 
@@ -130,17 +108,13 @@ def _shards(path: Path) -> list[tuple[Path, dict[str, Any]]]:
     for k in range(count):
         directory = found[k, count]
         try:
-            manifest = outputs.read_manifest(directory)
+            manifest = read_manifest(directory)
         except (OSError, ValueError) as exc:
             raise ShardError(f"{directory}: no readable manifest.json ({exc})") from exc
         if not manifest.get("complete"):
             raise ShardError(f"{directory}: its render has not finished; resume it, then merge")
         shards.append((directory, manifest))
     return shards
-
-
-def _job(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in PLACEMENT_KEYS}
 
 
 def merge(path: str | Path) -> dict[str, Any]:
@@ -154,18 +128,16 @@ def merge(path: str | Path) -> dict[str, Any]:
     shards = _shards(path)
     first = shards[0][1]
     for directory, manifest in shards[1:]:
-        theirs, ours = _job(manifest["config"]), _job(first["config"])
+        theirs, ours = identity(manifest["config"]), identity(first["config"])
         if theirs != ours:
             keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
             raise ShardError(
                 f"{directory} rendered another job than {shards[0][0].name} "
                 f"(config keys differ: {', '.join(keys)})"
             )
-    from fvjax.config import data_sha256  # config imports this module
-
     config = dict(first["config"], shard="auto")
     sha = data_sha256(config)
-    out = outputs.RenderOutput(path, config, sha, model=first["model"])
+    out = RenderOutput(path, config, sha, model=first["model"])
     out.extra["shards"] = [
         {
             "dir": directory.name,
@@ -184,7 +156,9 @@ def merge(path: str | Path) -> dict[str, Any]:
     return out.finish()
 
 
-def _merged_layer(layer: str, shards: list[tuple[Path, dict[str, Any]]]):
+def _merged_layer(
+    layer: str, shards: list[tuple[Path, dict[str, Any]]]
+) -> tuple[RenderResult, list[int], list[str | None]]:
     """One layer's pictures from every shard, back in the one-process order of units."""
     count = len(shards)
     rows = []  # (position in the job, unit, {seed: image entry}, shard directory)
@@ -214,12 +188,14 @@ def _merged_layer(layer: str, shards: list[tuple[Path, dict[str, Any]]]):
     firsts = [
         e["first_call_seconds"] for _, m in shards for e in m["layers"] if e["layer"] == layer
     ]
-    result = SimpleNamespace(
+    result = RenderResult(
         images=pictures,
         activations=activations,
+        history=None,  # manifests keep no history
         units=np.array([unit for _, unit, _, _ in rows]),
         seeds=tuple(seeds),
         label=entry["label"],
+        layer=layer,
         seconds=max(seconds),  # the shards ran side by side
         first_call_seconds=max(firsts),
     )

@@ -27,7 +27,7 @@ The network takes ImageNet-normalized RGB; :func:`build` puts ``(x - mean) / std
 Weights: a torchvision ``resnet50`` state dict (``conv1.weight``, ``layer1.0.bn1.running_mean``,
 ``fc.bias``, ...) through :func:`torchvision_table`.
 
->>> model = resnet50()
+>>> model = build(random_params())
 >>> shapes = model.layer_shapes(224)
 >>> shapes["layer3"], shapes["layer4/2/bn2"], shapes["fc"]
 ((14, 14, 1024), (7, 7, 512), (1000,))
@@ -35,7 +35,6 @@ Weights: a torchvision ``resnet50`` state dict (``conv1.weight``, ``layer1.0.bn1
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -43,8 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fvjax.models import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
-from fvjax.weights import Entry, load_params, params_tree, shape_leaves
+from fvjax.models.adapters import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
+from fvjax.models.weights import Entry, params_tree, shape_leaves
+from fvjax.models.zoo.architecture import Architecture
 
 #: ``(blocks, width)`` per stage ``layer1``..``layer4``: a block outputs ``EXPANSION * width``.
 STAGES = ((3, 64), (4, 128), (6, 256), (3, 512))
@@ -125,7 +125,7 @@ class Stage(nn.Module):
     blocks: int
     width: int
     stride: int
-    remat: bool = False  # each bottleneck under its own checkpoint
+    remat: bool = False  # each bottleneck rematerialized (``nn.remat``)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -144,7 +144,7 @@ class ResNet50(nn.Module):
     (1, 1000)
     """
 
-    #: The stem and each bottleneck under its own checkpoint (``nn.remat``). Same params and
+    #: The stem and each bottleneck rematerialized (``nn.remat``). Same params and
     #: layers.
     remat: bool = False
 
@@ -260,17 +260,9 @@ def build(params: Any) -> Model:
     )
 
 
-def resnet50(weights: str | os.PathLike | None = None) -> Model:
-    """ResNet-50 (torchvision's) as an fvjax model taking pictures in ``[0, 1]``.
-
-    ``weights``: a torchvision ``resnet50`` state dict (``.safetensors``, ``.npz``, or ``.pth``
-    when torch is installed), e.g. saved once on a machine with torchvision by
-    ``safetensors.torch.save_file(resnet50(weights="IMAGENET1K_V2").state_dict(), path)``;
-    ``None`` gives random weights (seed 0).
-
-    >>> resnet50().layer_shapes(224)["avgpool"]
-    (2048,)
-    """
-    if weights is None:
-        return build(random_params())
-    return build(load_params(weights, torchvision_table(), param_shapes()))
+#: ``zoo.load("resnet50", weights=path)``: ``path`` is a torchvision ``resnet50`` state dict
+#: (``.safetensors``, ``.npz``, or ``.pth`` when torch is installed) or its converted weights, e.g.
+#: saved once on a machine with torchvision by
+#: ``safetensors.torch.save_file(torchvision.models.resnet50(weights="IMAGENET1K_V2").state_dict(),
+#: path)``. Without ``weights``: random weights (seed 0).
+ARCHITECTURE = Architecture("resnet50", build, random_params, torchvision_table, param_shapes)

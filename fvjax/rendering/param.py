@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fvjax.errors import ArgumentError
+
 Array = jax.Array
 
 #: Square root of the colour correlation of natural images (ImageNet statistics), used to
@@ -65,9 +67,13 @@ def to_rgb(x: Array, decorrelate: bool, output: str) -> Array:
     return shifted + jax.lax.stop_gradient(jnp.clip(shifted, 0.0, 1.0) - shifted)
 
 
+#: How raw values become pixels in [0, 1]: a sigmoid, or a clip with a straight-through gradient.
+OUTPUTS = ("sigmoid", "clip")
+
+
 def _check_output(output: str) -> None:
-    if output not in ("sigmoid", "clip"):
-        raise ValueError(f"output must be 'sigmoid' or 'clip', got {output!r}")
+    if output not in OUTPUTS:
+        raise ArgumentError(f"output must be 'sigmoid' or 'clip', got {output!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ so fvjax passes pictures in ``[0, 1]``. Weights: a torchvision ``vit_b_16`` stat
 ``encoder.layers.encoder_layer_0.self_attention.in_proj_weight``, ..., ``heads.head.bias``)
 through :func:`torchvision_table`.
 
->>> shapes = vit_b_16().layer_shapes(224)  # random weights
+>>> shapes = build(random_params()).layer_shapes(224)  # random weights
 >>> shapes["block5/mlp"], shapes["encoder/layers/encoder_layer_5"], shapes["output"]
 ((14, 14, 3072), (197, 768), (1000,))
 """
@@ -40,7 +40,6 @@ through :func:`torchvision_table`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -49,8 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fvjax.errors import ImageSizeError
-from fvjax.models import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
-from fvjax.weights import Entry, load_params, params_tree, shape_leaves
+from fvjax.models.adapters import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
+from fvjax.models.weights import Entry, params_tree, shape_leaves
+from fvjax.models.zoo.architecture import Architecture
 
 PATCH = 16
 WIDTH = 768
@@ -122,7 +122,7 @@ class EncoderBlock(nn.Module):
 class Layers(nn.Module):
     """torchvision's ``encoder.layers``: blocks ``encoder_layer_0`` ... ``encoder_layer_11``."""
 
-    remat: bool = False  # each block under its own checkpoint
+    remat: bool = False  # each block rematerialized (``nn.remat``)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -155,7 +155,7 @@ class ViTB16(nn.Module):
     (1, 1000)
     """
 
-    #: Each encoder block under its own checkpoint (``nn.remat``). Same params and layers.
+    #: Each encoder block rematerialized (``nn.remat``). Same params and layers.
     remat: bool = False
 
     @nn.compact
@@ -286,17 +286,9 @@ def build(params: Any) -> Model:
     )
 
 
-def vit_b_16(weights: str | os.PathLike | None = None) -> Model:
-    """ViT-B/16 (torchvision's) as an fvjax model taking pictures in ``[0, 1]``.
-
-    ``weights``: a torchvision ``vit_b_16`` state dict (``.safetensors``, ``.npz``, or ``.pth``
-    when torch is installed), e.g. saved once on a machine with torchvision by
-    ``safetensors.torch.save_file(vit_b_16(weights="IMAGENET1K_V1").state_dict(), path)``;
-    ``None`` gives random weights (seed 0).
-
-    >>> vit_b_16().layer_shapes(64)["block11/mlp"]
-    (4, 4, 3072)
-    """
-    if weights is None:
-        return build(random_params())
-    return build(load_params(weights, torchvision_table(), param_shapes()))
+#: ``zoo.load("vit_b_16", weights=path)``: ``path`` is a torchvision ``vit_b_16`` state dict
+#: (``.safetensors``, ``.npz``, or ``.pth`` when torch is installed) or its converted weights, e.g.
+#: saved once on a machine with torchvision by
+#: ``safetensors.torch.save_file(torchvision.models.vit_b_16(weights="IMAGENET1K_V1").state_dict(),
+#: path)``. Without ``weights``: random weights (seed 0).
+ARCHITECTURE = Architecture("vit_b_16", build, random_params, torchvision_table, param_shapes)

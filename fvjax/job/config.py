@@ -12,8 +12,9 @@ and :class:`OptimizerConfig`. Every key has a default, so a file names only what
     kind = "pixel"
 
 Unknown keys anywhere are errors that suggest the nearest known key; values are checked when
-the config is built. :func:`resolve` gives the plain dict (what the manifest records) and its
-SHA-256; the ``build_*`` functions turn a config into the engine's objects.
+the config is built. :func:`to_dict` gives the plain dict (what the manifest records),
+:func:`sha256` its hash, and :func:`identity` the keys that decide the pictures;
+:mod:`fvjax.job.plan` turns a config into the engine's objects.
 
 >>> config = from_dict({"layers": ["block3"], "param": {"kind": "pixel"}}, ["steps=8"])
 >>> config.steps, config.param.kind
@@ -29,35 +30,27 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
-import hashlib
-import importlib
 import json
 import os
+import re
 import runpy
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import optax
+from typing import Any
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from fvjax import objectives as objectives_lib
-from fvjax import param as param_lib
-from fvjax import shards, zoo
-from fvjax import transforms as transforms_lib
-from fvjax.engine import REMAT, check_sizes
-from fvjax.errors import ConfigError, did_you_mean, unknown_layer
-from fvjax.models import Model, as_size
+from fvjax.errors import ConfigError, did_you_mean
+from fvjax.files import data_sha256
+from fvjax.models import zoo
+from fvjax.rendering.objectives import LAYER_OBJECTIVES
+from fvjax.rendering.param import OUTPUTS
+from fvjax.rendering.step import MODEL_DTYPES, REMAT
 
-#: Objective kinds a config may name: one objective per unit of each layer.
-OBJECTIVES = {"channel": objectives_lib.channel, "neuron": objectives_lib.neuron}
 PARAMS = ("fourier", "pixel")
-OUTPUTS = ("sigmoid", "clip")
 PRESETS = ("standard", "none")
 #: ``optax`` optimizers that take the learning rate as their first argument and keep
 #: per-parameter state (the engine vmaps the update, one state per picture).
@@ -138,8 +131,8 @@ def _one_of(options: Iterable[str]) -> Callable[[str, Any], str]:
 
 def _model(key: str, value: Any) -> str:
     value = _text(key, value)
-    if ":" not in value and value not in zoo.names():
-        zoo.load(value)  # raises the unknown-model error with suggestions
+    if ":" not in value:
+        zoo.architecture(value)  # the unknown-model error, with suggestions
     return value
 
 
@@ -177,18 +170,41 @@ def _size(key: str, value: Any) -> int | tuple[int, int]:
     raise _bad(key, "an integer >= 1 or a pair [height, width]", value)
 
 
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``; raises ``ValueError`` otherwise.
+
+    >>> parse_shard("3/8")
+    (3, 8)
+    """
+    match = _SHARD.match(str(text))
+    if not match:
+        raise ValueError(f"a shard is 'K/N' (process K of N, from 0) or 'auto', got {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if not 0 <= index < count:
+        raise ValueError(f"shard {text!r}: K must be in 0..N-1 (0..{count - 1})")
+    return index, count
+
+
 def _shard(key: str, value: Any) -> str:
     value = _text(key, value)
     if value != "auto":
         try:
-            shards.parse_shard(value)
+            parse_shard(value)
         except ValueError as exc:
             raise ConfigError(f"config key {key!r}: {exc}") from exc
     return value
 
 
-def _key(check: Callable[[str, Any], Any], default: Any, doc: str) -> Any:
-    return dataclasses.field(default=default, metadata={"check": check, "doc": doc})
+#: What a key is about: ``"pictures"`` (it decides them), ``"placement"`` (which process of a
+#: job renders which share), ``"run"`` (where outputs go, how the run shows and saves itself).
+ROLES = ("pictures", "placement", "run")
+
+
+def _key(check: Callable[[str, Any], Any], default: Any, doc: str, role: str = "pictures") -> Any:
+    return dataclasses.field(default=default, metadata={"check": check, "doc": doc, "role": role})
 
 
 def _section(cls: type) -> Any:
@@ -258,7 +274,7 @@ class Config(_Checked):
     )
     layers: tuple[str, ...] = _key(_layers, ("block3",), "layers to render")
     units: str | tuple[int, ...] = _key(_units, "all", '"all" or a list of unit indices')
-    objective: str = _key(_one_of(OBJECTIVES), "channel", "channel | neuron")
+    objective: str = _key(_one_of(LAYER_OBJECTIVES), "channel", "channel | neuron")
     seeds: int = _key(_integer(1), 1, "pictures per unit (seeds 0..seeds-1)")
     steps: int = _key(_integer(1), 256, "optimization steps")
     size: int | tuple[int, int] = _key(_size, 128, "picture size, N or [H, W]")
@@ -266,27 +282,39 @@ class Config(_Checked):
     steps_per_call: int = _key(_integer(0), 0, "steps per compiled call (0: engine default)")
     devices: int = _key(_integer(0), 0, "local devices sharing each chunk (0: all)")
     model_dtype: str = _key(
-        _one_of(("float32", "bfloat16")), "float32", "the model's compute dtype (pictures: float32)"
+        _one_of(MODEL_DTYPES), "float32", "the model's compute dtype (pictures: float32)"
     )
     remat: str = _key(
         _one_of(REMAT), "none", "what the backward pass recomputes: none | convs | blocks"
     )
     shard: str = _key(
-        _shard, "auto", "this process's slice of the units, 'K/N', or 'auto' (JAX's process)"
+        _shard,
+        "auto",
+        "this process's slice of the units, 'K/N', or 'auto' (JAX's process)",
+        role="placement",
     )
     distributed: bool = _key(
-        _boolean, False, "join a multi-host job with jax.distributed.initialize() first"
+        _boolean,
+        False,
+        "join a multi-host job with jax.distributed.initialize() first",
+        role="placement",
     )
     param: ParamConfig = _section(ParamConfig)
     transforms: TransformsConfig = _section(TransformsConfig)
     optimizer: OptimizerConfig = _section(OptimizerConfig)
-    output: str = _key(_text, "fvjax-out", "output directory")
-    progress: bool = _key(_boolean, True, "progress bar on stderr")
+    output: str = _key(_text, "fvjax-out", "output directory", role="run")
+    progress: bool = _key(_boolean, True, "progress bar on stderr", role="run")
     checkpoint: bool = _key(
-        _boolean, True, "checkpoint chunks under OUTPUT/.checkpoints so a killed job resumes"
+        _boolean,
+        True,
+        "checkpoint chunks under OUTPUT/.checkpoints so a killed job resumes",
+        role="run",
     )
     checkpoint_every: int = _key(
-        _integer(0), 0, "steps between saves of the chunk in flight (0: finished chunks only)"
+        _integer(0),
+        0,
+        "steps between saves of the chunk in flight (0: finished chunks only)",
+        role="run",
     )
 
 
@@ -425,11 +453,12 @@ def load(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
     return from_dict(read(path), overrides)
 
 
-# -- the resolved config and its hash -----------------------------------------------------------
+# -- what a config is: every key, and the keys that decide the pictures ----------------------
 
 
 def to_dict(config: Config) -> dict[str, Any]:
-    """Every key of ``config``, defaults included, as plain JSON-able data (tuples as lists).
+    """Every key of ``config``, defaults included, as plain JSON-able data (tuples as lists):
+    what the manifest records, and hashes as ``config_sha256``.
 
     >>> to_dict(Config())["param"]["kind"]
     'fourier'
@@ -437,25 +466,28 @@ def to_dict(config: Config) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def canonical_json(data: Any) -> str:
-    """JSON with sorted keys and no whitespace: equal data, equal text."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+def sha256(config: Config) -> str:
+    """SHA-256 hex of every key of ``config`` (:func:`to_dict`): the manifest's ``config_sha256``.
 
-
-def data_sha256(data: Any) -> str:
-    """SHA-256 hex of ``data``'s :func:`canonical_json`: equal data, equal hash."""
-    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
-
-
-def resolve(config: Config) -> tuple[dict[str, Any], str]:
-    """``(plain dict of every key, SHA-256 hex of its canonical JSON)``.
-
-    >>> data, sha = resolve(Config())
-    >>> len(sha), data["steps"]
-    (64, 256)
+    >>> len(sha256(Config()))
+    64
     """
-    data = to_dict(config)
-    return data, data_sha256(data)
+    return data_sha256(to_dict(config))
+
+
+def identity(config: Config | Mapping[str, Any]) -> dict[str, Any]:
+    """The keys that decide the pictures (every key whose role is ``"pictures"``): two jobs
+    with equal identities make the same pictures, wherever they write them, whichever shard
+    of the job this process is, and whether a progress bar shows. A job's checkpoints are kept
+    under its identity's hash, shards of one job must share it, and an output directory that
+    holds another identity's pictures is noted. Takes a config or its :func:`to_dict`.
+
+    >>> sorted(set(to_dict(Config())) - set(identity(Config())))
+    ['checkpoint', 'checkpoint_every', 'distributed', 'output', 'progress', 'shard']
+    """
+    data = to_dict(config) if isinstance(config, Config) else config
+    roles = {f.name: f.metadata.get("role", "pictures") for f in dataclasses.fields(Config)}
+    return {key: value for key, value in data.items() if roles.get(key) == "pictures"}
 
 
 def describe() -> str:
@@ -476,117 +508,3 @@ def describe() -> str:
 
     walk(Config, to_dict(Config()), "")
     return "\n".join(lines)
-
-
-# -- building the engine's objects --------------------------------------------------------------
-
-
-def build_model(config: Config) -> Model:
-    """The model: a built-in (:mod:`fvjax.zoo`), or ``factory()`` for ``"pkg.module:factory"``
-    (``factory(weights=path)`` when ``weights`` is set)."""
-    if ":" not in config.model:
-        return zoo.load(config.model, weights=config.weights or None)
-    module_name, _, attr = config.model.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import model factory {config.model!r}: {exc}") from exc
-    model = target(weights=config.weights) if config.weights else target()
-    if not isinstance(model, Model):
-        raise ConfigError(
-            f"model factory {config.model!r} returned {type(model).__name__}, not an "
-            "fvjax.models.Model (wrap it with fvjax.from_linen, from_nnx or from_fn)"
-        )
-    return model
-
-
-def build_param(config: Config) -> Any:
-    """The parameterization named by ``config.param``."""
-    p = config.param
-    if p.kind == "pixel":
-        return param_lib.pixel(decorrelate=p.decorrelate, output=p.output)
-    return param_lib.fourier(decorrelate=p.decorrelate, decay=p.decay, output=p.output)
-
-
-def build_transforms(config: Config) -> Any:
-    """The transform named by ``config.transforms``."""
-    t = config.transforms
-    return transforms_lib.standard(t.scale) if t.preset == "standard" else transforms_lib.identity()
-
-
-@functools.cache
-def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-    return getattr(optax, name)(learning_rate)
-
-
-def build_optimizer(config: Config) -> optax.GradientTransformation:
-    """The optimizer; equal settings give the same instance, hence the same compiled program."""
-    return _optimizer(config.optimizer.name, config.optimizer.learning_rate)
-
-
-def build_objectives(config: Config, model: Model) -> dict[str, objectives_lib.Objective]:
-    """``{layer: objective over its units}``, every layer and unit checked against the model.
-
-    Raises ``UnknownLayerError``, ``UnitRangeError`` or ``ImageSizeError`` before any rendering.
-    """
-    shapes = model.layer_shapes(config.size)
-    built = {}
-    for layer in config.layers:
-        if layer not in shapes:
-            raise unknown_layer(layer, shapes)
-        units = range(shapes[layer][-1]) if config.units == "all" else config.units
-        built[layer] = OBJECTIVES[config.objective](layer, units)
-    return built
-
-
-class Job(NamedTuple):
-    """Everything a render job needs, built once: one optimizer, param and transform for all
-    layers, so layers of equal size share compiled programs."""
-
-    config: Config
-    model: Model
-    objectives: dict[str, objectives_lib.Objective]
-    param: Any
-    transform: Any
-    optimizer: optax.GradientTransformation
-
-    def render_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`fvjax.render`, besides model and objective."""
-        c = self.config
-        return {
-            "seeds": c.seeds,
-            "steps": c.steps,
-            "size": c.size,
-            "param": self.param,
-            "transforms": self.transform,
-            "optimizer": self.optimizer,
-            "batch_size": c.batch_size or None,
-            "steps_per_call": c.steps_per_call or None,
-            "devices": c.devices or None,
-            "model_dtype": c.model_dtype,
-            "remat": c.remat,
-        }
-
-
-def build_job(config: Config) -> Job:
-    """Model, checked objectives, param, transform and optimizer of ``config``."""
-    model = build_model(config)
-    if config.remat == "blocks" and model.remat_apply is None:
-        raise ConfigError(
-            f"config key 'remat' is 'blocks' but model {config.model!r} has no per-block "
-            "checkpoints; use 'convs' (any model) or 'none'"
-        )
-    objectives = build_objectives(config, model)
-    transform = build_transforms(config)
-    for objective in objectives.values():
-        check_sizes(model, objective, as_size(config.size), transform)
-    return Job(
-        config=config,
-        model=model,
-        objectives=objectives,
-        param=build_param(config),
-        transform=transform,
-        optimizer=build_optimizer(config),
-    )

@@ -1,8 +1,8 @@
-"""Batches of pictures, a folder of image files or the procedural world, streamed to a model.
+"""Image files: a folder of them streamed in batches, and the reading of one.
 
-Both stream: nothing is held beyond the batch being built. Images come out as ``(B, H, W, 3)``
-float32 RGB in [0, 1], whatever the files held (greyscale, palette, RGBA composited over white,
-16-bit), resized so they cover ``size`` and then centre-cropped to it.
+Nothing is held beyond the batch being built. Images come out as ``(B, H, W, 3)`` float32 RGB
+in [0, 1], whatever the files held (greyscale, palette, RGBA composited over white, 16-bit),
+resized so they cover ``size`` and then centre-cropped to it.
 
 >>> import tempfile
 >>> from PIL import Image
@@ -16,23 +16,27 @@ float32 RGB in [0, 1], whatever the files held (greyscale, palette, RGBA composi
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import jax
 import numpy as np
 from PIL import Image, ImageOps
 
-from fvjax import world as world_lib
-from fvjax.errors import FvjaxError
-from fvjax.models import Model, as_size
+from fvjax.errors import ImageFolderError
 
 
-class ImageFolderError(FvjaxError):
-    """A folder holds no image fvjax could read."""
+def as_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of a picture size given as an int (square) or a pair.
+
+    >>> as_size(64), as_size((48, 80))
+    ((64, 64), (48, 80))
+    """
+    if isinstance(size, int | np.integer):
+        return int(size), int(size)
+    height, width = size
+    return int(height), int(width)
 
 
 class UnreadableImageWarning(UserWarning):
@@ -223,53 +227,3 @@ def load_image_folder(
             f"image suffixes are e.g. .png, .jpg, .jpeg, .webp, .bmp, .tif"
         )
     return ImageFolder(path=folder, files=files, size=as_size(size), batch_size=batch_size)
-
-
-def world_batches(
-    seed: int, size: int | tuple[int, int], batch_size: int, n: int
-) -> Iterator[world_lib.World]:
-    """``n`` images of the procedural world in batches of ``batch_size``, with their labels and
-    masks; together they are exactly ``world.generate(seed, n, size)``.
-
-    >>> [len(batch.images) for batch in world_batches(seed=0, size=32, batch_size=3, n=7)]
-    [3, 3, 1]
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    for start in range(0, n, batch_size):
-        yield world_lib.generate(seed, min(batch_size, n - start), size, start=start)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _selected_activations(apply, layers: tuple[str, ...], params, images):
-    activations = apply(params, images)
-    return {name: activations[name] for name in layers}
-
-
-def stream_activations(
-    model: Model, batches: Iterable, layers: Sequence[str]
-) -> Iterator[dict[str, np.ndarray]]:
-    """Run ``model`` over a stream of batches and yield ``{layer: (B, ...)}`` numpy arrays.
-
-    ``batches`` yields image arrays ``(B, H, W, 3)`` in [0, 1], or anything with an ``images``
-    attribute (an :class:`ImageBatch` from a folder, a ``World`` from :func:`world_batches`).
-    Layers are checked before the first batch runs; weights stay arguments of the program.
-
-    >>> from fvjax.models import from_fn
-    >>> model = from_fn(lambda x: {"mean": x.mean(axis=(1, 2))})
-    >>> out = list(stream_activations(model, world_batches(0, 32, 4, 6), ["mean"]))
-    >>> [a["mean"].shape for a in out]
-    [(4, 3), (2, 3)]
-    """
-    layers = tuple(layers)
-    checked = False
-    for batch in batches:
-        images = np.asarray(getattr(batch, "images", batch), np.float32)
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"batches must be (B, H, W, 3) RGB images, got shape {images.shape}")
-        if not checked:
-            for name in layers:
-                model.check_layer(name, images.shape[1:3])
-            checked = True
-        out = _selected_activations(model.apply, layers, model.params, images)
-        yield {name: np.asarray(value) for name, value in out.items()}

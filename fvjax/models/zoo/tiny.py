@@ -19,6 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fvjax.models.adapters import Model, from_linen
+from fvjax.models.zoo.architecture import Architecture
+
 #: Channels of ``block1..block3`` and the number of logits.
 WIDTHS = (8, 16, 32)
 CLASSES = 10
@@ -71,3 +74,11 @@ def load_tiny() -> tuple[nn.Module, Any, dict[str, Any]]:
     variables = jax.tree_util.tree_map_with_path(draw, shapes)
     info = {"layers": ("block1", "block2", "block3", "logits"), "trained": False, "seed": SEED}
     return module, variables, info
+
+
+def build(variables: Any) -> Model:
+    """The fvjax model of a :class:`TinyNet` variables tree (``load_tiny()``'s structure)."""
+    return from_linen(TinyNet(), variables, name="tiny")
+
+
+ARCHITECTURE = Architecture("tiny", build, lambda: load_tiny()[1])

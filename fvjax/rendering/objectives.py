@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fvjax.errors import UnitRangeError, unknown_layer
-from fvjax.models import INPUT
+from fvjax.errors import UnitRangeError
+from fvjax.models.adapters import INPUT, layer_shape
 
 Array = jax.Array
 #: ``x`` or ``y`` of a neuron objective that means "the centre of the layer".
@@ -48,11 +48,14 @@ def _pytree(cls: type) -> type:
 class Objective:
     """Base of all objectives: ``objective(activations) -> scalar`` for one image.
 
-    Supports ``a + b``, ``a - b``, ``-a``, ``2.0 * a``, ``a / 2`` and :func:`total`.
+    Every objective reads one ``layer`` (a :class:`Sum` of them: its first batched term's) and
+    checks its own fields against the model in :meth:`validate`. Supports ``a + b``,
+    ``a - b``, ``-a``, ``2.0 * a``, ``a / 2`` and :func:`total`.
     """
 
     _static: ClassVar[tuple[str, ...]] = ()
     _batched: ClassVar[tuple[str, ...]] = ()
+    layer: str
 
     def __call__(self, activations: Mapping[str, Array]) -> Array:
         raise NotImplementedError
@@ -87,38 +90,25 @@ class Objective:
     @property
     def layers(self) -> frozenset[str]:
         """The layers this objective reads."""
-        return frozenset({self.layer}) if hasattr(self, "layer") else frozenset()
+        return frozenset({self.layer})
 
     @property
     def label(self) -> str:
         """A static name such as ``"channel:block3/conv"`` (used to derive random keys)."""
-        layer = getattr(self, "layer", None)
-        return f"{_kind(self)}:{layer}" if layer else _kind(self)
+        return f"{_kind(self)}:{self.layer}"
 
     def unit_ids(self) -> np.ndarray:
-        """``(B,)`` integer id of each member (its unit index), ``(1,)`` when not batched."""
-        units = getattr(self, "units", None)
-        if units is None or self.batch_size is None:
-            return np.arange(self.batch_size or 1)
-        return np.asarray(units)
+        """``(B,)`` integer id of each member, ``(1,)`` when not batched: its position here;
+        objectives over units (:class:`Channel`, :class:`Neuron`) give the unit index."""
+        return np.arange(self.batch_size or 1)
 
     def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        """Check layers, units and positions against ``{layer: shape}`` on the host.
+        """Check the layer (and, in subclasses, units, positions, widths) against
+        ``{layer: shape}`` on the host.
 
         Under jit JAX clamps out-of-range indices silently, so this must run before tracing.
         """
-        for layer in self.layers:
-            if layer not in shapes:
-                raise unknown_layer(layer, shapes)
-        layer = getattr(self, "layer", None)
-        if layer is None:
-            return
-        if hasattr(self, "units"):
-            _check_units(layer, self.units, shapes[layer])
-        if hasattr(self, "vectors"):
-            _check_width(layer, self.vectors, shapes[layer])
-        if hasattr(self, "x"):
-            _check_position(layer, shapes[layer], self.x, self.y)
+        layer_shape(shapes, self.layer)
 
     # -- algebra --------------------------------------------------------------------------------
     def __add__(self, other: Objective) -> Objective:
@@ -188,6 +178,13 @@ def _check_position(layer: str, shape: tuple[int, ...], xs: Any, ys: Any) -> Non
             )
 
 
+def _checked_position(objective: Neuron | NeuronDirection, shapes: Mapping) -> tuple[int, ...]:
+    """The shape of ``objective``'s layer, its positions checked against it."""
+    shape = layer_shape(shapes, objective.layer)
+    _check_position(objective.layer, shape, objective.x, objective.y)
+    return shape
+
+
 def _at(act: Array, x: Array, y: Array) -> Array:
     """The ``(C,)`` vector at ``(y, x)`` of an ``(H, W, C)`` map (centre where ``-1``)."""
     if act.ndim == 1:
@@ -214,6 +211,12 @@ class Channel(Objective):
     def __call__(self, activations: Mapping[str, Array]) -> Array:
         return _spatial_mean(activations[self.layer])[self.units]
 
+    def unit_ids(self) -> np.ndarray:
+        return np.asarray(self.units)
+
+    def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        _check_units(self.layer, self.units, layer_shape(shapes, self.layer))
+
 
 @_pytree
 class Neuron(Objective):
@@ -229,6 +232,12 @@ class Neuron(Objective):
     def __call__(self, activations: Mapping[str, Array]) -> Array:
         return _at(activations[self.layer], self.x, self.y)[self.units]
 
+    def unit_ids(self) -> np.ndarray:
+        return np.asarray(self.units)
+
+    def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        _check_units(self.layer, self.units, _checked_position(self, shapes))
+
 
 @_pytree
 class Direction(Objective):
@@ -241,6 +250,9 @@ class Direction(Objective):
 
     def __call__(self, activations: Mapping[str, Array]) -> Array:
         return jnp.dot(_spatial_mean(activations[self.layer]), self.vectors)
+
+    def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        _check_width(self.layer, self.vectors, layer_shape(shapes, self.layer))
 
 
 @_pytree
@@ -256,6 +268,9 @@ class NeuronDirection(Objective):
 
     def __call__(self, activations: Mapping[str, Array]) -> Array:
         return jnp.dot(_at(activations[self.layer], self.x, self.y), self.vectors)
+
+    def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        _check_width(self.layer, self.vectors, _checked_position(self, shapes))
 
 
 def _check_width(layer: str, vectors: Array, shape: tuple[int, ...]) -> None:
@@ -351,18 +366,17 @@ class Sum(Objective):
         return "sum(" + ",".join(t.label for t in self.terms) + ")"
 
     @property
-    def layer(self) -> str | None:
+    def layer(self) -> str:
         """The layer of the first batched term (what a gallery files the result under)."""
-        for term in self.terms:
-            if term.batch_size is not None:
-                return getattr(term, "layer", None)
-        return getattr(self.terms[0], "layer", None)
+        return self._lead.layer
+
+    @property
+    def _lead(self) -> Objective:
+        """The first batched term (the first term when none is batched)."""
+        return next((t for t in self.terms if t.batch_size is not None), self.terms[0])
 
     def unit_ids(self) -> np.ndarray:
-        for term in self.terms:
-            if term.batch_size is not None:
-                return term.unit_ids()
-        return np.arange(1)
+        return self._lead.unit_ids() if self._lead.batch_size is not None else np.arange(1)
 
     def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         for term in self.terms:
@@ -515,3 +529,8 @@ def blur() -> Blur:
 def stable_hash(text: str) -> int:
     """A 31-bit hash of ``text`` that is the same in every process (unlike ``hash``)."""
     return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+#: The objectives a whole layer is rendered with, one per unit (config key ``objective``,
+#: :func:`fvjax.render_layer`'s ``kind``).
+LAYER_OBJECTIVES = {"channel": channel, "neuron": neuron}

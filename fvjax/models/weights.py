@@ -27,14 +27,11 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
-from fvjax.errors import FvjaxError
-
-
-class WeightsError(FvjaxError):
-    """A weights file cannot be read, or its state dict does not fit the model."""
-
+from fvjax.errors import WeightsError, misfit_parts
+from fvjax.models.converted import restore_params
 
 # safetensors dtype names <-> numpy; BF16 has no numpy dtype: read as uint16, widened below.
 _DTYPES = {
@@ -272,38 +269,6 @@ def params_from_state_dict(
     return params
 
 
-def misfit_parts(
-    missing: Sequence[str],
-    unexpected: Sequence[str],
-    mismatched: Sequence[str],
-    noun: str = "",
-    most: int | None = None,
-) -> list[str]:
-    """One phrase per kind of misfit between weights and a model (none when they fit), each
-    listing its items (the first ``most`` of them, when given).
-
-    >>> misfit_parts(["a.weight"], [], ["b.bias: got (2,), expected (3,)"], noun="keys")
-    ['missing keys (1): a.weight', 'shape mismatches (1): b.bias: got (2,), expected (3,)']
-    """
-
-    def listing(items: Sequence[str], separator: str) -> str:
-        shown = list(items) if most is None else list(items)[:most]
-        more = (
-            f"{separator}... and {len(items) - len(shown)} more" if len(shown) < len(items) else ""
-        )
-        return separator.join(shown) + more
-
-    label = f" {noun}" if noun else ""
-    parts = []
-    if missing:
-        parts.append(f"missing{label} ({len(missing)}): {listing(missing, ', ')}")
-    if unexpected:
-        parts.append(f"unexpected{label} ({len(unexpected)}): {listing(unexpected, ', ')}")
-    if mismatched:
-        parts.append(f"shape mismatches ({len(mismatched)}): {listing(mismatched, '; ')}")
-    return parts
-
-
 def params_tree(
     rows: Iterable[tuple[Entry, tuple[int, ...]]],
     leaves: Callable[[Entry, tuple[int, ...]], Any],
@@ -335,7 +300,6 @@ def shape_leaves(conv_bias: bool = True) -> Callable[[Entry, tuple[int, ...]], d
     a kernel (and, for linear layers and where ``conv_bias``, conv layers, a bias), a batch
     norm's ``scale, bias, mean, var``, a layer norm's ``scale, bias`` or a ``"param"``'s one
     tensor. A template checks an import without drawing weights."""
-    import jax
 
     def leaves(entry: Entry, shape: tuple[int, ...]) -> Any:
         def spec(s: tuple[int, ...]) -> Any:
@@ -358,11 +322,10 @@ def load_params(path: str | os.PathLike, table: Sequence[Entry], like: Mapping) 
 
     ``path`` is a state dict file, imported through ``table`` (see
     :func:`params_from_state_dict`), or a directory ``fvjax convert`` wrote: a params
-    checkpoint in Flax layout already, restored by :func:`fvjax.checkpoint.restore_params`.
+    directory of converted weights in Flax layout already, restored by
+    :func:`fvjax.models.converted.restore_params`.
     """
     if os.path.isdir(path):
-        from fvjax.checkpoint import restore_params  # orbax loads only when a checkpoint does
-
         return restore_params(path, like)
     return params_from_state_dict(load_state_dict(path), table, like)
 
@@ -377,11 +340,3 @@ def state_dict_from_params(params: Mapping, table: Sequence[Entry]) -> dict[str,
                 _to_torch(entry.kind, leaf, array)
             )
     return out
-
-
-def lucent_inceptionv1_table() -> list[Entry]:
-    """The import table of Lucent's ``inceptionv1`` state dict (``conv2d0_pre_relu_conv``,
-    ``mixed3a_1x1_pre_relu_conv``, ..., ``softmax2_pre_activation_matmul``)."""
-    from fvjax.zoo.inception import lucent_table
-
-    return lucent_table()

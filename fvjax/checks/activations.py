@@ -1,0 +1,47 @@
+"""A model's activations over a dataset, streamed: what every check of a picture reads."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from fvjax.models.adapters import Model
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _selected_activations(apply, layers: tuple[str, ...], params, images):
+    activations = apply(params, images)
+    return {name: activations[name] for name in layers}
+
+
+def stream_activations(
+    model: Model, batches: Iterable, layers: Sequence[str]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``model`` over a stream of batches and yield ``{layer: (B, ...)}`` numpy arrays.
+
+    ``batches`` yields image arrays ``(B, H, W, 3)`` in [0, 1], or anything with an ``images``
+    attribute (an :class:`ImageBatch` from a folder, a ``World`` from :func:`world_batches`).
+    Layers are checked before the first batch runs; weights stay arguments of the program.
+
+    >>> from fvjax.data import world_batches
+    >>> from fvjax.models import from_fn
+    >>> model = from_fn(lambda x: {"mean": x.mean(axis=(1, 2))})
+    >>> out = list(stream_activations(model, world_batches(0, 32, 4, 6), ["mean"]))
+    >>> [a["mean"].shape for a in out]
+    [(4, 3), (2, 3)]
+    """
+    layers = tuple(layers)
+    checked = False
+    for batch in batches:
+        images = np.asarray(getattr(batch, "images", batch), np.float32)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"batches must be (B, H, W, 3) RGB images, got shape {images.shape}")
+        if not checked:
+            for name in layers:
+                model.check_layer(name, images.shape[1:3])
+            checked = True
+        out = _selected_activations(model.apply, layers, model.params, images)
+        yield {name: np.asarray(value) for name, value in out.items()}

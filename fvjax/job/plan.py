@@ -1,0 +1,171 @@
+"""The plan of a render job, built once from its config and handed down: the model, this
+process's share of each layer as a checked :class:`~fvjax.rendering.engine.RenderPlan`,
+where the outputs and checkpoints go, and how much work there is.
+
+Everything is checked here (model, layers, units, sizes, options), before the first picture
+is rendered; :mod:`fvjax.job.run` carries the plan out.
+
+>>> from fvjax.job.config import Config
+>>> plan = build_plan(Config(model="tiny", layers=["block2", "block3"], steps=4, size=16))
+>>> {layer: p.n_images for layer, p in plan.layers.items()}, plan.total_steps
+({'block2': 16, 'block3': 32}, 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+from pathlib import Path
+from typing import Any
+
+import optax
+
+from fvjax.errors import ConfigError
+from fvjax.files import data_sha256
+from fvjax.job import shards
+from fvjax.job.config import Config, identity
+from fvjax.job.outputs import slugify
+from fvjax.models import zoo
+from fvjax.models.adapters import Model, layer_shape
+from fvjax.rendering import param as param_lib
+from fvjax.rendering import transforms as transforms_lib
+from fvjax.rendering.engine import RenderPlan, plan_render
+from fvjax.rendering.objectives import LAYER_OBJECTIVES, Objective
+
+#: Under the output directory: the checkpoints of unfinished jobs, one folder per identity.
+CHECKPOINTS = ".checkpoints"
+
+
+def build_model(config: Config) -> Model:
+    """The model: a built-in (:mod:`fvjax.models.zoo`), or ``factory()`` for
+    ``"pkg.module:factory"`` (``factory(weights=path)`` when ``weights`` is set)."""
+    if ":" not in config.model:
+        return zoo.load(config.model, weights=config.weights or None)
+    module_name, _, attr = config.model.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import model factory {config.model!r}: {exc}") from exc
+    model = target(weights=config.weights) if config.weights else target()
+    if not isinstance(model, Model):
+        raise ConfigError(
+            f"model factory {config.model!r} returned {type(model).__name__}, not an "
+            "fvjax.models.Model (wrap it with fvjax.from_linen, from_nnx or from_fn)"
+        )
+    return model
+
+
+def build_param(config: Config) -> Any:
+    """The parameterization named by ``config.param``."""
+    p = config.param
+    if p.kind == "pixel":
+        return param_lib.pixel(decorrelate=p.decorrelate, output=p.output)
+    return param_lib.fourier(decorrelate=p.decorrelate, decay=p.decay, output=p.output)
+
+
+def build_transforms(config: Config) -> Any:
+    """The transform named by ``config.transforms``."""
+    t = config.transforms
+    return transforms_lib.standard(t.scale) if t.preset == "standard" else transforms_lib.identity()
+
+
+@functools.cache
+def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    return getattr(optax, name)(learning_rate)
+
+
+def build_optimizer(config: Config) -> optax.GradientTransformation:
+    """The optimizer; equal settings give the same instance, hence the same compiled program."""
+    return _optimizer(config.optimizer.name, config.optimizer.learning_rate)
+
+
+def build_objectives(config: Config, shapes: dict[str, tuple[int, ...]]) -> dict[str, Objective]:
+    """``{layer: objective over the config's units}`` for a model whose layers at the
+    config's size have ``shapes``; an unknown layer raises ``UnknownLayerError``."""
+    built = {}
+    for layer in config.layers:
+        units = range(layer_shape(shapes, layer)[-1]) if config.units == "all" else config.units
+        built[layer] = LAYER_OBJECTIVES[config.objective](layer, units)
+    return built
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class JobPlan:
+    """A render job, checked and laid out: what :func:`fvjax.job.run.run` carries out.
+
+    Attributes:
+        config: the job's config.
+        model: its model.
+        shard: ``(K, N)``: this process renders the units at positions ``K, K + N, ...``
+            of every layer (``(0, 1)``: all of them).
+        output: where this process writes (``OUTPUT``, or ``OUTPUT/shard-K-of-N``).
+        shapes: each layer's activation shape for one picture (recorded in the manifest).
+        layers: ``{layer: RenderPlan}`` of this process's share; a layer of which it has no
+            unit (more shards than units) is left out.
+        checkpoints: where the layers' checkpoints go (``None``: the config turns them off).
+    """
+
+    config: Config
+    model: Model
+    shard: tuple[int, int]
+    output: Path
+    shapes: dict[str, tuple[int, ...]]
+    layers: dict[str, RenderPlan]
+    checkpoints: Path | None
+
+    @property
+    def total_steps(self) -> int:
+        """Chunk-steps over every layer: what the job's progress bar counts."""
+        return sum(plan.total_steps for plan in self.layers.values())
+
+    def checkpoint_dir(self, layer: str) -> Path | None:
+        """Where ``layer``'s render keeps its checkpoints."""
+        return None if self.checkpoints is None else self.checkpoints / slugify(layer)
+
+
+def build_plan(config: Config) -> JobPlan:
+    """Build the model and every layer's render plan of ``config``, checking all of it.
+
+    Raises :class:`~fvjax.errors.FvjaxError` (unknown model, layer or unit, a size the model
+    or transforms cannot take, an option the model lacks) before anything is rendered.
+    """
+    shard, n_shards = shards.this_process(config.shard)
+    output = Path(config.output)
+    if n_shards > 1:
+        output = output / shards.shard_dir(shard, n_shards)
+    model = build_model(config)
+    shapes = model.layer_shapes(config.size)
+    render_kwargs = {
+        "seeds": config.seeds,
+        "steps": config.steps,
+        "size": config.size,
+        "param": build_param(config),  # one of each for all layers: layers of equal
+        "transforms": build_transforms(config),  # size share compiled programs
+        "optimizer": build_optimizer(config),
+        "batch_size": config.batch_size or None,
+        "steps_per_call": config.steps_per_call or None,
+        "devices": config.devices or None,
+        "model_dtype": config.model_dtype,
+        "remat": config.remat,
+    }
+    layers = {}
+    for layer, objective in build_objectives(config, shapes).items():
+        members = shards.positions(shard, n_shards, objective.batch_size)
+        if len(members):  # none when this shard has fewer units than there are shards
+            share = objective.take(members) if n_shards > 1 else objective
+            layers[layer] = plan_render(model, share, **render_kwargs)
+    checkpoints = None
+    if config.checkpoint:
+        checkpoints = output / CHECKPOINTS / data_sha256(identity(config))[:16]
+    return JobPlan(
+        config=config,
+        model=model,
+        shard=(shard, n_shards),
+        output=output,
+        shapes={layer: shapes[layer] for layer in config.layers},
+        layers=layers,
+        checkpoints=checkpoints,
+    )

@@ -1,0 +1,32 @@
+"""Making pictures: the first half of fvjax, in the order the data flows.
+
+- :mod:`~fvjax.rendering.objectives`: what a picture maximizes (pure, composable pytrees);
+- :mod:`~fvjax.rendering.param`: how a picture is parameterized (pixels, Fourier);
+- :mod:`~fvjax.rendering.transforms`: the per-image robustness transforms;
+- :mod:`~fvjax.rendering.step`: the compiled optimization step over a batch of pictures;
+- :mod:`~fvjax.rendering.engine`: chunks of that program, planned then run (:func:`render`);
+- :mod:`~fvjax.rendering.resume`: the checkpoints a killed render resumes from;
+- :mod:`~fvjax.rendering.cost`: what a step costs, compiled but not run (for benchmarks).
+"""
+
+from fvjax.rendering import objectives, param, transforms
+from fvjax.rendering.engine import (
+    RenderPlan,
+    RenderResult,
+    plan_render,
+    render,
+    render_layer,
+    run_plan,
+)
+
+__all__ = [
+    "RenderPlan",
+    "RenderResult",
+    "objectives",
+    "param",
+    "plan_render",
+    "render",
+    "render_layer",
+    "run_plan",
+    "transforms",
+]

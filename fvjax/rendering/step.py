@@ -1,0 +1,327 @@
+"""The compiled program: one optimization step for a batch of pictures, each its own
+(unit, seed) pair, and the small programs that start and finish them.
+
+Data flow of one step, for a batch of ``N`` images::
+
+    raw (N, ...) --param.to_image--> images (N, H, W, 3) --transform (own key per image)-->
+    model.apply(params, .) --> {layer: (N, ...)} --objective, vmapped--> values (N,)
+
+and ``optax`` updates each image's variables with its own optimizer state (the update is
+``vmap``ped, so no statistic is shared between images). Each image's random key comes from
+``(seed, objective label, unit)`` alone (:func:`image_keys`), so a picture does not depend on
+which chunk it was rendered in. Model weights are passed to the program as arguments, never
+baked in. :func:`make_setup` checks every argument of a render once, before anything is
+traced; :mod:`fvjax.rendering.engine` runs the program over chunks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, PartitionSpec
+
+from fvjax.errors import ArgumentError, ImageSizeError
+from fvjax.models.adapters import INPUT, Model, as_size
+from fvjax.rendering import objectives as objectives_lib
+from fvjax.rendering import param as param_lib
+from fvjax.rendering import transforms as transforms_lib
+
+Array = jax.Array
+
+#: The dtypes a model may compute in (``render(..., model_dtype=)``); pictures stay float32.
+MODEL_DTYPES = ("float32", "bfloat16")
+
+_TRACES = {"run": 0}
+
+
+def trace_count() -> int:
+    """How many times the optimization program has been traced (for "no retrace" checks)."""
+    return _TRACES["run"]
+
+
+class Setup(NamedTuple):
+    """Everything static about a program; hashable, so equal setups share a compilation.
+    Made by :func:`make_setup`."""
+
+    apply: Any
+    param: Any
+    transform: Any
+    optimizer: optax.GradientTransformation
+    size: tuple[int, int]
+    mesh: Mesh | None = None  # images split over its "batch" axis; None: one device
+    model_dtype: str = "float32"  # the model's compute dtype; pictures stay float32
+    remat: str = "none"  # what the backward pass recomputes: see REMAT
+
+
+def make_setup(
+    model: Model,
+    objective: objectives_lib.Objective,
+    size: int | tuple[int, int],
+    param: Any,
+    transforms: Any,
+    optimizer: optax.GradientTransformation | None,
+    model_dtype: str,
+    remat: str,
+    mesh: Mesh | None = None,
+) -> Setup:
+    """A render's defaults filled in and its arguments checked, as one :class:`Setup`: the one
+    place ``size``, ``model_dtype`` and ``remat`` are validated (with the objective against
+    the model, :func:`check_sizes`)."""
+    size = as_size(size)
+    param = param if param is not None else param_lib.fourier()
+    transform = transforms if transforms is not None else transforms_lib.standard()
+    optimizer = optimizer if optimizer is not None else default_optimizer()
+    check_sizes(model, objective, size, transform)
+    if model_dtype not in MODEL_DTYPES:
+        raise ArgumentError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
+    if not isinstance(remat, str) or remat not in REMAT:
+        raise ArgumentError(f"remat must be one of {', '.join(map(repr, REMAT))}, got {remat!r}")
+    apply = model.apply
+    if remat == "blocks":
+        if model.remat_apply is None:
+            raise ArgumentError(
+                f"model {model.name!r} has no per-block remat for remat='blocks' (give "
+                "from_linen a remat_module, or from_fn a remat_fn); remat='convs' works on any "
+                "model"
+            )
+        apply = model.remat_apply
+    return Setup(apply, param, transform, optimizer, size, mesh, model_dtype, remat)
+
+
+#: What the backward pass recomputes instead of keeping from the forward pass:
+#: ``"none"`` keeps all that autodiff saves; ``"convs"`` keeps only the outputs of convolutions
+#: and matrix products and recomputes the cheap rest (activation functions, normalizations,
+#: pooling), in any model; ``"blocks"`` keeps only the inputs of the model's blocks and runs
+#: each block's forward pass again (one more forward pass of compute), for models that define
+#: blocks (``Model.remat_apply``: the zoo's InceptionV1, ResNet-50, VGG-16).
+REMAT = ("none", "convs", "blocks")
+
+
+def _saves_products(primitive: Any, *args: Any, **params: Any) -> bool:
+    """The ``jax.checkpoint`` policy of ``remat="convs"``: keep what is costly to recompute."""
+    return primitive.name in ("conv_general_dilated", "dot_general")
+
+
+_BATCH, _REPLICATED = PartitionSpec("batch"), PartitionSpec()
+
+
+def _on_devices(setup: Setup, fn: Any, in_specs: Any, out_specs: Any) -> Any:
+    """``fn`` as is on one device; else ``shard_map``ped over the images. Images never talk to
+    each other, so each device runs its share with no communication (a plain jit of the split
+    batch instead inserted all-gathers around the FFT)."""
+    if setup.mesh is None:
+        return fn
+    return jax.shard_map(
+        fn, mesh=setup.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+    )
+
+
+def _objective_specs(objective: Any) -> Any:
+    return jax.tree.map(
+        lambda axis: _REPLICATED if axis is None else _BATCH,
+        objective.vmap_axes(),
+        is_leaf=lambda x: x is None,
+    )
+
+
+class State(NamedTuple):
+    raw: Any  # (N, ...) optimized variables
+    opt_state: Any  # (N, ...) optimizer state, one per image
+    step: Array  # () int32
+    bad_step: Array  # (N,) int32: first step with a non-finite value or gradient, else -1
+
+
+_DEFAULTS: dict[str, Any] = {}
+
+
+def default_optimizer() -> optax.GradientTransformation:
+    """``optax.adam(0.05)``, one shared instance so that default renders share compilations."""
+    if "optimizer" not in _DEFAULTS:
+        _DEFAULTS["optimizer"] = optax.adam(0.05)
+    return _DEFAULTS["optimizer"]
+
+
+def _model_activations(
+    setup: Setup, params: Any, images: Array, layers: Iterable[str]
+) -> dict[str, Array]:
+    """The model's ``layers`` on ``images``, computed in ``setup.model_dtype``, in float32."""
+    apply = setup.apply  # remat="blocks": the model's own checkpoints are in it
+    if setup.remat == "convs":
+        apply = jax.checkpoint(apply, policy=_saves_products)
+    if setup.model_dtype == "float32":
+        activations = apply(params, images)
+        return {name: activations[name] for name in layers}
+    dtype = jnp.dtype(setup.model_dtype)
+
+    def cast(x: Any) -> Any:
+        return x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
+
+    activations = apply(jax.tree.map(cast, params), images.astype(dtype))
+    wider = sorted(name for name in layers if activations[name].dtype.itemsize > dtype.itemsize)
+    if wider:  # at trace time: once per compiled program
+        warnings.warn(
+            f"model_dtype={setup.model_dtype!r}, but layers {', '.join(wider)} come out as "
+            f"{activations[wider[0]].dtype}: a float32 constant inside the model (say its input "
+            "normalization) promotes the computation; cast such constants to the input's dtype",
+            stacklevel=2,
+        )
+    return {name: activations[name].astype(jnp.float32) for name in layers}
+
+
+def _objective_values(
+    setup: Setup, raw: Any, objective: Any, keys: Array | None, params: Any, step: Array
+) -> Array:
+    """``(N,)`` objective values of the pictures ``raw`` (transformed when ``keys`` given)."""
+
+    def pictures(raw: Any) -> tuple[Array, Array]:
+        images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
+        if keys is None:
+            return images, images
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+        return images, jax.vmap(setup.transform)(step_keys, images)
+
+    if setup.remat != "none":
+        # The transforms' resampling keeps ~60 floats per pixel for its backward pass (more
+        # than InceptionV1's stem does): recompute the whole picture pipeline, which is cheap.
+        pictures = jax.checkpoint(pictures)
+    images, inputs = pictures(raw)
+    layers = [name for name in objective.layers if name != INPUT]
+    needed = _model_activations(setup, params, inputs, layers)
+    if INPUT in objective.layers:
+        needed[INPUT] = images
+    return jax.vmap(lambda o, a: o(a), in_axes=(objective.vmap_axes(), 0))(objective, needed)
+
+
+def _per_image_finite(tree: Any) -> Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.isfinite(x.reshape(x.shape[0], -1)).all(1) for x in leaves]), 0)
+
+
+def picture_loss(setup: Setup, objective: Any, keys: Array, params: Any, step: Array):
+    """``raw -> (loss, (N,) objective values)``: every picture climbs its own objective
+    (also what :func:`fvjax.rendering.cost.residual_bytes` differentiates)."""
+
+    def loss(raw: Any) -> tuple[Array, Array]:
+        values = _objective_values(setup, raw, objective, keys, params, step)
+        return -values.sum(), values
+
+    return loss
+
+
+def _step(setup: Setup, state: State, objective: Any, keys: Array, params: Any):
+    loss = picture_loss(setup, objective, keys, params, state.step)
+    grads, values = jax.grad(loss, has_aux=True)(state.raw)
+    updates, opt_state = jax.vmap(setup.optimizer.update)(grads, state.opt_state, state.raw)
+    raw = optax.apply_updates(state.raw, updates)
+    finite = jnp.isfinite(values) & _per_image_finite(grads)
+    bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+    return State(raw, opt_state, state.step + 1, bad_step), values
+
+
+STATE_SPECS = State(_BATCH, _BATCH, _REPLICATED, _BATCH)
+
+
+@partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
+def run_steps(setup: Setup, n_steps: int, state: State, objective: Any, keys: Array, params):
+    """``n_steps`` optimization steps: ``(state, values (n_steps, N))``."""
+    _TRACES["run"] += 1
+
+    def run(state: State, objective: Any, keys: Array, params: Any):
+        if n_steps == 1:  # no loop: on CPU convolutions compile faster outside a loop body
+            state, values = _step(setup, state, objective, keys, params)
+            return state, values[None]
+
+        def body(state: State, _: None) -> tuple[State, Array]:
+            return _step(setup, state, objective, keys, params)
+
+        return jax.lax.scan(body, state, None, length=n_steps)
+
+    specs = (STATE_SPECS, _objective_specs(objective), _BATCH, _REPLICATED)
+    out_specs = (STATE_SPECS, PartitionSpec(None, "batch"))
+    return _on_devices(setup, run, specs, out_specs)(state, objective, keys, params)
+
+
+@partial(jax.jit, static_argnums=0)
+def init_state(setup: Setup, keys: Array) -> State:
+    def init(keys: Array) -> State:
+        raw = jax.vmap(lambda k: setup.param.init(k, setup.size))(keys)
+        opt_state = jax.vmap(setup.optimizer.init)(raw)
+        n = keys.shape[0]
+        return State(raw, opt_state, jnp.zeros((), jnp.int32), jnp.full((n,), -1, jnp.int32))
+
+    return _on_devices(setup, init, (_BATCH,), STATE_SPECS)(keys)
+
+
+@partial(jax.jit, static_argnums=0)
+def final(setup: Setup, raw: Any, objective: Any, params: Any) -> tuple[Array, Array]:
+    def final(raw: Any, objective: Any, params: Any) -> tuple[Array, Array]:
+        images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
+        values = _objective_values(setup, raw, objective, None, params, jnp.int32(0))
+        return images, values
+
+    specs = (_BATCH, _objective_specs(objective), _REPLICATED)
+    return _on_devices(setup, final, specs, (_BATCH, _BATCH))(raw, objective, params)
+
+
+def device_mesh(devices: int | Sequence[Any] | None = None) -> Mesh | None:
+    """A one-axis ("batch") mesh over ``devices`` (a count of local devices, or the devices);
+    all local devices by default; ``None`` when that is a single device."""
+    if devices is None:
+        devices = jax.local_devices()
+    elif isinstance(devices, int | np.integer):
+        available = jax.local_devices()
+        if not 1 <= devices <= len(available):
+            raise ArgumentError(
+                f"devices={devices} but {len(available)} local device(s) are available"
+            )
+        devices = available[:devices]
+    devices = list(devices)
+    return Mesh(np.array(devices), ("batch",)) if len(devices) > 1 else None
+
+
+def image_keys(seeds: Sequence[int], label: str, unit_ids: Sequence[int]) -> Array:
+    """``(N,)`` keys, key ``i`` derived from ``(seeds[i], label, unit_ids[i])`` alone.
+
+    >>> image_keys([0, 1], "channel:a", [3, 3]).shape
+    (2,)
+    """
+    tag = objectives_lib.stable_hash(label)
+
+    def one(seed: Array, unit: Array) -> Array:
+        key = jax.random.fold_in(jax.random.key(seed), tag)
+        return jax.random.fold_in(key, unit)
+
+    seeds = jnp.asarray(np.asarray(seeds, np.uint32))
+    return jax.vmap(one)(seeds, jnp.asarray(np.asarray(unit_ids, np.uint32)))
+
+
+def default_steps_per_call() -> int:
+    """Steps per compiled call: 1 (a host loop) on CPU, where it measured 2.2x faster than
+    ``lax.scan`` at batch 1 and equal from batch 16; 32 elsewhere, to amortise dispatch."""
+    return 1 if jax.default_backend() == "cpu" else 32
+
+
+def check_sizes(model: Model, objective: Any, size: tuple[int, int], transform: Any) -> None:
+    """Validate the objective against the model on the host, before anything is traced."""
+    try:
+        seen = transforms_lib.output_size(transform, size)
+    except (TypeError, ValueError) as exc:
+        raise ImageSizeError(
+            f"image size {size[0]}x{size[1]} is too small for the transforms: {exc}"
+        ) from exc
+    if min(seen) < 1:
+        raise ImageSizeError(
+            f"image size {size[0]}x{size[1]} is too small for the transforms, which crop it "
+            f"to {seen[0]}x{seen[1]}; use a larger size or smaller jitter/pad"
+        )
+    for shape_size in {size, seen}:
+        shapes = dict(model.layer_shapes(shape_size))
+        shapes[INPUT] = (*shape_size, 3)
+        objective.validate(shapes)

@@ -1,0 +1,118 @@
+"""The job plan: model, objectives and every layer's render plan, checked before rendering."""
+
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import fvjax
+from fvjax.errors import ConfigError, FvjaxError, UnitRangeError, UnknownLayerError
+from fvjax.job import plan as plan_lib
+from fvjax.job.config import from_dict, to_dict
+from fvjax.models import weights as weights_lib
+from fvjax.models.zoo import inception
+
+
+def test_model_from_an_import_path(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        textwrap.dedent(
+            """
+            import fvjax
+
+            def rgb():
+                return fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
+
+            def not_a_model():
+                return 3
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = plan_lib.build_model(from_dict({"model": "my_models:rgb"}))
+    assert isinstance(model, fvjax.Model) and model.name == "rgb"
+    with pytest.raises(ConfigError, match="returned int, not an fvjax.models.Model"):
+        plan_lib.build_model(from_dict({"model": "my_models:not_a_model"}))
+    with pytest.raises(ConfigError, match="cannot import model factory"):
+        plan_lib.build_model(from_dict({"model": "my_models:missing"}))
+    with pytest.raises(ConfigError, match="cannot import model factory"):
+        plan_lib.build_model(from_dict({"model": "no_such_module_here:f"}))
+
+
+def test_objectives_are_checked_against_the_model_before_rendering():
+    shapes = fvjax.zoo.load("tiny").layer_shapes(16)
+    objectives = plan_lib.build_objectives(
+        from_dict({"layers": ["block2", "block3"], "size": 16}), shapes
+    )
+    assert objectives["block2"].batch_size == 16 and objectives["block3"].batch_size == 32
+    neuron = plan_lib.build_objectives(
+        from_dict({"layers": ["block3"], "units": [2], "objective": "neuron", "size": 16}), shapes
+    )
+    assert neuron["block3"].label == "neuron:block3"
+    with pytest.raises(UnknownLayerError, match=r"'blok3'.*Did you mean 'block3'"):
+        plan_lib.build_plan(from_dict({"layers": ["block2", "blok3"], "size": 16}))
+    with pytest.raises(UnitRangeError, match="unit 40 is out of range"):
+        plan_lib.build_plan(from_dict({"layers": ["block3"], "units": [0, 40], "size": 16}))
+    small = from_dict({"model": "worldnet", "layers": ["block3/conv"], "size": 4})
+    with pytest.raises(fvjax.ImageSizeError, match="4x4 images are too small for model"):
+        plan_lib.build_plan(from_dict(to_dict(small), ["transforms.preset='none'"]))
+
+
+def test_the_plan_holds_one_optimizer_param_and_transform_for_every_layer():
+    config = from_dict(
+        {"layers": ["block2", "block3"], "size": 16, "transforms": {"scale": 0.25},
+         "batch_size": 4, "seeds": 2, "steps": 3}
+    )  # fmt: skip
+    plan = plan_lib.build_plan(config)
+    first, second = plan.layers["block2"], plan.layers["block3"]
+    assert first.setup.optimizer is second.setup.optimizer is plan_lib.build_optimizer(config)
+    assert first.setup.param == fvjax.param.fourier()
+    assert first.setup.transform == fvjax.transforms.standard(0.25)
+    assert (first.chunk, first.n_chunks, first.n_images) == (4, 8, 32)
+    assert (second.chunk, second.n_chunks) == (4, 16)
+    assert plan.total_steps == (8 + 16) * 3  # what the job's one progress bar counts
+    assert plan.shapes == {"block2": (8, 8, 16), "block3": (4, 4, 32)}
+    assert plan.checkpoints.parent.name == ".checkpoints"
+    assert plan.checkpoint_dir("a/b").name == "a-b"
+    lean = plan_lib.build_plan(from_dict({"layers": ["block2"], "size": 16}, ["remat='convs'"]))
+    assert lean.layers["block2"].setup.remat == "convs"
+    assert plan_lib.build_plan(from_dict({"checkpoint": False})).checkpoints is None
+    pixel = from_dict({}, ["param.kind=pixel", "param.decorrelate=false", "transforms.preset=none"])
+    assert plan_lib.build_param(pixel) == fvjax.param.pixel(decorrelate=False)
+    assert plan_lib.build_transforms(pixel) == fvjax.transforms.identity()
+
+
+def test_checkpoints_are_kept_under_the_identity_of_the_pictures():
+    plan = plan_lib.build_plan(from_dict({"layers": ["block2"], "size": 16}))
+    moved = plan_lib.build_plan(
+        from_dict({"layers": ["block2"], "size": 16, "progress": False, "checkpoint_every": 2})
+    )
+    other = plan_lib.build_plan(from_dict({"layers": ["block2"], "size": 16, "steps": 9}))
+    assert moved.checkpoints == plan.checkpoints != other.checkpoints
+
+
+def test_a_shard_plans_its_share_of_every_layer():
+    config = from_dict({"layers": ["block2", "block3"], "size": 16, "output": "out"})
+    share = plan_lib.build_plan(from_dict(to_dict(config), ["shard='1/3'"]))
+    assert share.shard == (1, 3) and str(share.output) == "out/shard-1-of-3"
+    assert share.layers["block2"].objective.unit_ids().tolist() == [1, 4, 7, 10, 13]
+    whole = plan_lib.build_plan(config)
+    assert whole.shard == (0, 1) and str(whole.output) == "out"
+    assert whole.layers["block2"].objective.unit_ids().tolist() == list(range(16))
+
+
+def test_remat_blocks_on_a_model_without_blocks_is_refused_once_with_one_message():
+    config = from_dict({"layers": ["block2"], "size": 16, "remat": "blocks"})
+    with pytest.raises(FvjaxError, match="model 'tiny' has no per-block remat for remat='blocks'"):
+        plan_lib.build_plan(config)
+
+
+def test_a_weights_file_reaches_the_model(tmp_path):
+    params = inception.random_params(seed=3)
+    path = tmp_path / "inception.npz"
+    np.savez(path, **weights_lib.state_dict_from_params(params, inception.lucent_table()))
+    model = plan_lib.build_model(from_dict({"model": "inceptionv1", "weights": str(path)}))
+    first = jax.tree.leaves(params)[0]
+    assert any(np.array_equal(np.asarray(leaf), first) for leaf in jax.tree.leaves(model.params))
+    with pytest.raises(ConfigError, match="'tiny' ships its own weights"):
+        plan_lib.build_model(from_dict({"model": "tiny", "weights": str(path)}))
