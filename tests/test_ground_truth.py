@@ -1,8 +1,9 @@
 """Ground truth: the renderer recovers answers planted in networks by construction.
 
-The planted networks (``fvjax.zoo.planted``) have preferred pictures known in advance: a linear
-filter's best patch in closed form, oriented filters' stripe angles, colour units' colours. The
-first tests check the planted answers themselves (no rendering); the others render and compare.
+The planted networks (``fvjax.models.zoo.planted``) have preferred pictures known in advance: a
+linear filter's best patch in closed form, oriented filters' stripe angles, colour units'
+colours. The first tests check the planted answers themselves (no rendering); the others render
+and compare.
 """
 
 import dataclasses

@@ -38,6 +38,14 @@ Array = jax.Array
 #: The dtypes a model may compute in (``render(..., model_dtype=)``); pictures stay float32.
 MODEL_DTYPES = ("float32", "bfloat16")
 
+#: What the backward pass recomputes instead of keeping from the forward pass:
+#: ``"none"`` keeps all that autodiff saves; ``"convs"`` keeps only the outputs of convolutions
+#: and matrix products and recomputes the cheap rest (activation functions, normalizations,
+#: pooling), in any model; ``"blocks"`` keeps only the inputs of the model's blocks and runs
+#: each block's forward pass again (one more forward pass of compute), for models that define
+#: blocks (``Model.remat_apply``: the zoo's InceptionV1, ResNet-50, VGG-16, ViT-B/16).
+REMAT = ("none", "convs", "blocks")
+
 _TRACES = {"run": 0}
 
 
@@ -95,15 +103,6 @@ def make_setup(
     return Setup(apply, param, transform, optimizer, size, mesh, model_dtype, remat)
 
 
-#: What the backward pass recomputes instead of keeping from the forward pass:
-#: ``"none"`` keeps all that autodiff saves; ``"convs"`` keeps only the outputs of convolutions
-#: and matrix products and recomputes the cheap rest (activation functions, normalizations,
-#: pooling), in any model; ``"blocks"`` keeps only the inputs of the model's blocks and runs
-#: each block's forward pass again (one more forward pass of compute), for models that define
-#: blocks (``Model.remat_apply``: the zoo's InceptionV1, ResNet-50, VGG-16).
-REMAT = ("none", "convs", "blocks")
-
-
 def _saves_products(primitive: Any, *args: Any, **params: Any) -> bool:
     """The ``jax.checkpoint`` policy of ``remat="convs"``: keep what is costly to recompute."""
     return primitive.name in ("conv_general_dilated", "dot_general")
@@ -132,6 +131,8 @@ def _objective_specs(objective: Any) -> Any:
 
 
 class State(NamedTuple):
+    """The optimization state of a batch of pictures, carried from call to call."""
+
     raw: Any  # (N, ...) optimized variables
     opt_state: Any  # (N, ...) optimizer state, one per image
     step: Array  # () int32

@@ -205,7 +205,7 @@ def _layers() -> list[tuple[Entry, tuple[int, ...]]]:
 
 
 def lucent_table() -> list[Entry]:
-    """The import table of Lucent's InceptionV1 state dict (see :mod:`fvjax.weights`)."""
+    """The import table of Lucent's InceptionV1 state dict (see :mod:`fvjax.models.weights`)."""
     return [entry for entry, _ in _layers()]
 
 

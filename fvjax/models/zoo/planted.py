@@ -13,7 +13,7 @@ advance:
   unit ``k`` prefers the RGB direction ``COLOUR_DIRECTIONS[k]`` (:func:`colour_optimum`).
 - :func:`planted_model`: the last two in one model.
 
-Orientation convention (the one :mod:`fvjax.world` uses): an angle in degrees is the
+Orientation convention (the one :mod:`fvjax.data.world` uses): an angle in degrees is the
 direction the *stripes run along* (not their gradient), counter-clockwise from the image's
 horizontal axis as seen on screen (row 0 at the top). 0 means stripes running left-right
 (``=``), 45 like ``/``, 90 top-bottom (``|``), 135 like ``\\``; angles are modulo 180.

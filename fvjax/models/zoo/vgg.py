@@ -198,7 +198,7 @@ def _layers() -> list[tuple[Entry, tuple[int, ...]]]:
 
 
 def torchvision_table() -> list[Entry]:
-    """The import table of torchvision's ``vgg16`` state dict (see :mod:`fvjax.weights`).
+    """The import table of torchvision's ``vgg16`` state dict (see :mod:`fvjax.models.weights`).
 
     >>> table = torchvision_table()
     >>> table[0], table[-1].torch_name, len(table)

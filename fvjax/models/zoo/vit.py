@@ -212,7 +212,7 @@ def _layers() -> list[tuple[Entry, tuple[int, ...]]]:
 
 
 def torchvision_table() -> list[Entry]:
-    """The import table of torchvision's ``vit_b_16`` state dict (see :mod:`fvjax.weights`).
+    """The import table of torchvision's ``vit_b_16`` state dict (see :mod:`fvjax.models.weights`).
 
     >>> table = torchvision_table()
     >>> table[1], len(table)

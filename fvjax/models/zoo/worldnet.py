@@ -1,4 +1,4 @@
-"""WorldNet: a small CNN trained on :mod:`fvjax.world` to say which concepts an image holds.
+"""WorldNet: a small CNN trained on :mod:`fvjax.data.world` to say which concepts an image holds.
 
 One logit per concept of ``fvjax.world.CONCEPTS`` (shapes, colours, textures, stripe
 orientations, pattern scales), trained as independent sigmoids, so ``logits[:, i]`` is "is
