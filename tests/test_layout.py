@@ -124,3 +124,27 @@ def test_the_shipped_jobs_make_the_recorded_pictures():
             name for name in hashes.keys() | found.keys() if hashes.get(name) != found.get(name)
         )
         assert changed == [], f"{job}: {len(changed)} pictures changed, e.g. {changed[:5]}"
+
+
+def test_the_readme_layout_table_names_every_module_and_nothing_that_is_gone():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Layout") :]
+    table = table[: table.index("\n\n", table.index("| path | what |"))]
+    covered, prefixes = set(), []
+    for row in (line for line in table.splitlines() if line.startswith("| `")):
+        path_cell, what_cell = row.split("|")[1:3]
+        for path in re.findall(r"`([^`]+)`", path_cell):
+            assert (ROOT / path).exists(), f"the layout table names {path}, which is gone"
+            covered.add(path)
+            if not path.endswith("/"):
+                continue
+            for name in re.findall(r"`(\w+\.py)`", what_cell):
+                found = [p.relative_to(ROOT).as_posix() for p in (ROOT / path).rglob(name)]
+                assert found, f"the layout table puts {name} in {path}, where it is not"
+                covered.update(found)
+            prefixes += [path + sub for sub in re.findall(r"`(\w+/)`", what_cell)]
+    for module in PACKAGE.rglob("*.py"):
+        rel = module.relative_to(ROOT).as_posix()
+        if module.name == "__init__.py" and rel != "fvjax/__init__.py":
+            continue  # a folder's face: the folder's row names it
+        assert rel in covered or rel.startswith(tuple(prefixes)), f"{rel} is not in the table"
