@@ -199,3 +199,16 @@ def test_one_progress_bar_spans_the_whole_job(tmp_path):
     lines = [line for line in stream.getvalue().splitlines() if "%" in line]
     assert lines[-1].startswith("[2/2] block3") and "100.0% 6/6 steps" in lines[-1]
     assert all("/6 steps" in line for line in lines)  # 2 layers x 3 steps, one total
+
+
+def test_an_output_holding_another_jobs_pictures_is_noted(tmp_path):
+    job = [f"output={tmp_path}", "steps=2", "size=16", "seeds=1", 'layers=["block2"]']
+    first = io.StringIO()
+    job_run.run(config_lib.load("configs/tiny.toml", job), stream=first)
+    assert "holds another job's outputs" not in first.getvalue()  # nothing there yet
+    same = io.StringIO()  # the same pictures, shown without a progress bar
+    job_run.run(config_lib.load("configs/tiny.toml", [*job, "progress=false"]), stream=same)
+    assert same.getvalue() == ""
+    other = io.StringIO()
+    job_run.run(config_lib.load("configs/tiny.toml", [*job, "steps=3"]), stream=other)
+    assert f"fvjax: note: {tmp_path} holds another job's outputs" in other.getvalue()
