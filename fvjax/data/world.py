@@ -225,7 +225,6 @@ def generate(seed: int, n: int, size: int | tuple[int, int], start: int = 0) -> 
     True
     """
     height, width = as_size(size)
-    height, width = int(height), int(width)
     if min(height, width) < MIN_SIZE:
         raise ValueError(f"world images must be at least {MIN_SIZE}x{MIN_SIZE}, got {size}")
     if n < 0 or start < 0:

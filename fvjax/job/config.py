@@ -204,6 +204,7 @@ ROLES = ("pictures", "placement", "run")
 
 
 def _key(check: Callable[[str, Any], Any], default: Any, doc: str, role: str = "pictures") -> Any:
+    assert role in ROLES, role
     return dataclasses.field(default=default, metadata={"check": check, "doc": doc, "role": role})
 
 
@@ -230,7 +231,7 @@ class _Checked:
 
 @dataclasses.dataclass(frozen=True)
 class ParamConfig(_Checked):
-    """How a picture is parameterized (:mod:`fvjax.param`)."""
+    """How a picture is parameterized (:mod:`fvjax.rendering.param`)."""
 
     _prefix = "param."
     kind: str = _key(_one_of(PARAMS), "fourier", "fourier | pixel")
@@ -241,7 +242,7 @@ class ParamConfig(_Checked):
 
 @dataclasses.dataclass(frozen=True)
 class TransformsConfig(_Checked):
-    """Robustness transforms (:mod:`fvjax.transforms`)."""
+    """Robustness transforms (:mod:`fvjax.rendering.transforms`)."""
 
     _prefix = "transforms."
     preset: str = _key(_one_of(PRESETS), "standard", "standard | none")
