@@ -64,3 +64,44 @@ def test_sharded_over_8_devices_equals_one_device(tmp_path):
 def test_asking_for_more_devices_than_exist_is_an_error(rgb_model):
     with pytest.raises(ValueError, match=r"devices=99 but \d+ local device"):
         fvjax.render(rgb_model, fvjax.objectives.channel("rgb", [0]), steps=1, size=8, devices=99)
+
+
+PASS_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np
+    from fvjax.checks.dataset_pass import dataset_pass
+    from fvjax.data.datasets import world_dataset
+    import fvjax
+    assert len(jax.devices()) == 8, jax.devices()
+    kernel = jax.random.normal(jax.random.key(1), (5, 5, 3, 6)) * 0.3
+    def apply(params, x):
+        pre = jax.lax.conv_general_dilated(
+            x - 0.5, params, (4, 4), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return {"relu": jax.nn.relu(pre)}
+    model = fvjax.from_fn(apply, params=kernel)
+    data = world_dataset(seed=4, n=21, size=32)
+    one = dataset_pass(model, data, ["relu"], batch_size=4, devices=1)["relu"]
+    eight = dataset_pass(model, data, ["relu"], batch_size=8, devices=8)["relu"]
+    fields = ("top_index", "bottom_index", "intersection", "union", "threshold", "score_counts")
+    print(json.dumps({f: bool(np.array_equal(getattr(one, f), getattr(eight, f))) for f in fields}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_dataset_pass_over_8_devices_equals_one_device(tmp_path):
+    script = tmp_path / "dataset_pass.py"
+    script.write_text(PASS_SCRIPT)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(Path(fvjax.__file__).parents[1]),
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    same = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(same.values()), same
