@@ -115,3 +115,8 @@ def misfit_parts(
     if mismatched:
         parts.append(f"shape mismatches ({len(mismatched)}): {listing(mismatched, '; ')}")
     return parts
+
+
+class ConceptDatasetError(FvjaxError):
+    """A concept dataset (NetDissect's Broden layout) lacks a file, or holds a value that is not
+    allowed (a missing image or mask, a mask of the wrong size, an unknown category or label)."""
