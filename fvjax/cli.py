@@ -1,6 +1,7 @@
 """The ``fvjax`` command.
 
     fvjax render --config configs/tiny.toml [key=value ...]   render, write PNGs + gallery
+    fvjax check --config configs/tiny.toml [key=value ...]    the evidence beside a render
     fvjax layers --model tiny [--size 64]                     list layers and shapes
     fvjax convert --model inceptionv1 IN.pth OUT [--force]    weights -> converted weights
     fvjax merge OUTPUT                                        join shard-K-of-N slices
@@ -25,6 +26,7 @@ from fvjax.errors import ConfigError, FvjaxError, NonFiniteError
 from fvjax.files import FVJAX_VERSION, file_sha256
 from fvjax.job import config as config_lib
 from fvjax.job import shards
+from fvjax.job.check import check
 from fvjax.job.gallery import INDEX
 from fvjax.job.plan import build_model
 from fvjax.job.run import run
@@ -40,6 +42,21 @@ def _render(args: argparse.Namespace) -> int:
     print(
         f"wrote {len(manifest['images'])} pictures of {len(manifest['layers'])} layer(s) "
         f"to {out} in {seconds:.1f} s"
+    )
+    print(f"gallery: {out / INDEX}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = config_lib.load(args.config, args.overrides)
+    manifest = check(config)
+    out = Path(config.output).resolve()
+    layers = manifest["checks"]["layers"]
+    units = sum(len(layer["units"]) for layer in layers.values())
+    flagged = sum(bool(u["flags"]) for layer in layers.values() for u in layer["units"].values())
+    print(
+        f"checked {units} unit(s) of {len(layers)} layer(s) against "
+        f"{manifest['checks']['dataset']}: {flagged} flagged; a card per unit"
     )
     print(f"gallery: {out / INDEX}")
     return 0
@@ -103,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--config", required=True, help="a .toml, .py or .yaml config file")
     render.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     render.set_defaults(run=_render)
+
+    checker = commands.add_parser(
+        "check",
+        help="check a finished render: dataset examples, dissection, synthetic vs natural",
+        description="Run the config's [checks] over the pictures its render left in the "
+        "output directory: one pass over the dataset, then a card per unit with its natural "
+        "examples, concepts, scale, price of the priors and path check; manifest.json and "
+        "the gallery are updated in place.",
+        epilog="example: fvjax check --config configs/default.toml checks.images=500",
+    )
+    checker.add_argument("--config", required=True, help="the config of the render to check")
+    checker.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    checker.set_defaults(run=_check)
 
     layers = commands.add_parser(
         "layers",

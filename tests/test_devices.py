@@ -70,7 +70,7 @@ PASS_SCRIPT = textwrap.dedent(
     """
     import json
     import jax, numpy as np
-    from fvjax.checks.dataset_pass import dataset_pass
+    from fvjax.checks.scan import dataset_pass
     from fvjax.data.datasets import world_dataset
     import fvjax
     assert len(jax.devices()) == 8, jax.devices()

@@ -1,10 +1,40 @@
-"""Checking pictures: what the pictures are held against.
+"""Checking pictures: the evidence beside each one.
 
-The second half of fvjax. Today: :func:`stream_activations`, a model run over a dataset (the
-world, an image folder) in batches, the pass every check builds on. The dataset examples,
-Network Dissection, synthetic-vs-natural comparisons, facets and the unit card land here.
+The second half of fvjax. One streaming pass over a dataset (:func:`dataset_pass`) feeds every
+check: dataset examples cropped to each unit's receptive field, Network Dissection
+(:func:`label_units`), synthetic vs natural (:func:`unit_evidence`: reach, rank, flags), the
+path check (:func:`check_paths`), and the unit card (:func:`unit_card_html`, also a notebook's
+``_repr_html_``). :func:`stream_activations` runs a model over a dataset for your own checks.
 """
 
 from fvjax.checks.activations import stream_activations
+from fvjax.checks.card import unit_card_html
+from fvjax.checks.scan import DEFAULT_QUANTILE, SCORES, dataset_pass
+from fvjax.checks.dissection import DETECTOR_IOU, detectors_by_category, label_units
+from fvjax.checks.evidence import FAR_ABOVE, FLAGS, UnitEvidence, unit_evidence
+from fvjax.checks.paths import PathCheck, check_paths, path_layers
+from fvjax.checks.receptive import ReceptiveField, crop, heat_overlay, receptive_field
+from fvjax.checks.statistics import LayerStatistics
 
-__all__ = ["stream_activations"]
+__all__ = [
+    "DEFAULT_QUANTILE",
+    "DETECTOR_IOU",
+    "FAR_ABOVE",
+    "FLAGS",
+    "SCORES",
+    "LayerStatistics",
+    "PathCheck",
+    "ReceptiveField",
+    "UnitEvidence",
+    "check_paths",
+    "crop",
+    "dataset_pass",
+    "detectors_by_category",
+    "heat_overlay",
+    "label_units",
+    "path_layers",
+    "receptive_field",
+    "stream_activations",
+    "unit_card_html",
+    "unit_evidence",
+]

@@ -4,7 +4,7 @@ Bau et al. 2017 (and NetDissect-Lite): a unit's map is thresholded at its top ``
 activations over the whole dataset (0.005 by default), upsampled bilinearly to the masks, and
 compared with every concept's masks: IoU = sum over images of |active AND concept| over the sum
 of |active OR concept|. The unit's label is its best concept; above ``detector_iou`` (0.04) the
-unit is called a *detector* of it. The counts come from :func:`~fvjax.checks.dataset_pass.
+unit is called a *detector* of it. The counts come from :func:`~fvjax.checks.scan.
 dataset_pass`; this module only reads them.
 
 >>> import numpy as np

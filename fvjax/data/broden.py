@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from fvjax.data import world as world_lib
-from fvjax.data.datasets import Concepts, Examples, _checked_indices, check_batch_size
+from fvjax.data.datasets import Concepts, Examples, check_batch_size, checked_indices
 from fvjax.data.images import as_size, load_image
 from fvjax.errors import ArgumentError, ConceptDatasetError, did_you_mean
 from fvjax.files import write_directory
@@ -225,7 +225,7 @@ class BrodenDataset:
             )
 
     def images(self, indices: Sequence[int]) -> np.ndarray:
-        indices = _checked_indices(indices, len(self))
+        indices = checked_indices(indices, len(self))
         if not len(indices):
             return np.zeros((0, *self.size, 3), np.float32)
         with ThreadPoolExecutor(_WORKERS) as pool:

@@ -155,7 +155,7 @@ class WorldDataset:
             )
 
     def images(self, indices: Sequence[int]) -> np.ndarray:
-        indices = _checked_indices(indices, self.n)
+        indices = checked_indices(indices, self.n)
         out = np.zeros((len(indices), *self.size, 3), np.float32)
         for i, index in enumerate(indices):
             out[i] = world_lib.generate(self.seed, 1, self.size, start=int(index)).images[0]
@@ -220,7 +220,7 @@ class FolderDataset:
             raise OSError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
 
     def images(self, indices: Sequence[int]) -> np.ndarray:
-        indices = _checked_indices(indices, len(self))
+        indices = checked_indices(indices, len(self))
         return np.stack([self._load(self.folder.files[i]) for i in indices]).reshape(
             len(indices), *self.size, 3
         )
@@ -238,7 +238,7 @@ def folder_dataset(path: str | Path, size: int | tuple[int, int]) -> FolderDatas
     return FolderDataset(load_image_folder(path, size, batch_size=1))
 
 
-def _checked_indices(indices: Sequence[int], n: int) -> np.ndarray:
+def checked_indices(indices: Sequence[int], n: int) -> np.ndarray:
     indices = np.asarray(indices, np.int64).reshape(-1)
     bad = indices[(indices < 0) | (indices >= n)]
     if bad.size:

@@ -32,9 +32,8 @@ import copy
 import dataclasses
 import json
 import os
-import re
 import runpy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from fvjax.errors import ConfigError, did_you_mean
 from fvjax.files import data_sha256
-from fvjax.models import zoo
+from fvjax.job import keys
 from fvjax.rendering.objectives import LAYER_OBJECTIVES
 from fvjax.rendering.param import OUTPUTS
 from fvjax.rendering.step import MODEL_DTYPES, REMAT
@@ -70,196 +69,78 @@ OPTIMIZERS = (
 SUFFIXES = (".toml", ".py", ".yaml", ".yml")
 
 
-# -- value checks: (dotted key, raw value) -> normalized value, or ConfigError --------------------
-
-
-def _bad(key: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
-
-
-def _integer(minimum: int) -> Callable[[str, Any], int]:
-    def check(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _bad(key, f"an integer >= {minimum}", value)
-        return value
-
-    return check
-
-
-def _number(minimum: float, inclusive: bool = True) -> Callable[[str, Any], float]:
-    def check(key: str, value: Any) -> float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = ok and (value >= minimum if inclusive else value > minimum)
-        if not ok:
-            raise _bad(key, f"a number {'>=' if inclusive else '>'} {minimum}", value)
-        return float(value)
-
-    return check
-
-
-def _boolean(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(key, "true or false", value)
-    return value
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _bad(key, "a non-empty string", value)
-    return value
-
-
-def _optional_text(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _bad(key, "a string (empty for none)", value)
-    return value
-
-
-def _one_of(options: Iterable[str]) -> Callable[[str, Any], str]:
-    options = tuple(options)
-
-    def check(key: str, value: Any) -> str:
-        if value not in options:
-            hint = did_you_mean(value, options) if isinstance(value, str) else ""
-            raise ConfigError(
-                f"config key {key!r} must be one of {', '.join(options)}, got {value!r}.{hint}"
-            )
-        return value
-
-    return check
-
-
-def _model(key: str, value: Any) -> str:
-    value = _text(key, value)
-    if ":" not in value:
-        zoo.architecture(value)  # the unknown-model error, with suggestions
-    return value
-
-
-def _layers(key: str, value: Any) -> tuple[str, ...]:
-    layers = (value,) if isinstance(value, str) else value
-    if not isinstance(layers, list | tuple) or not layers:
-        raise _bad(key, "a non-empty list of layer names", value)
-    for layer in layers:
-        _text(key, layer)
-    repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
-    if repeated:
-        raise ConfigError(f"config key {key!r} names layer {repeated[0]!r} more than once")
-    return tuple(layers)
-
-
-def _units(key: str, value: Any) -> str | tuple[int, ...]:
-    if value == "all":
-        return "all"
-    units = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    ok = isinstance(units, list | tuple | range) and len(units) > 0
-    ok = ok and all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in units)
-    if not ok:
-        raise _bad(key, '"all" or a non-empty list of unit indices >= 0', value)
-    repeated = sorted({u for u in units if units.count(u) > 1})
-    if repeated:
-        raise ConfigError(f"config key {key!r} names unit {repeated[0]} more than once")
-    return tuple(units)
-
-
-def _size(key: str, value: Any) -> int | tuple[int, int]:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return (_integer(1)(key, value[0]), _integer(1)(key, value[1]))
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise _bad(key, "an integer >= 1 or a pair [height, width]", value)
-
-
-_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``; raises ``ValueError`` otherwise.
-
-    >>> parse_shard("3/8")
-    (3, 8)
-    """
-    match = _SHARD.match(str(text))
-    if not match:
-        raise ValueError(f"a shard is 'K/N' (process K of N, from 0) or 'auto', got {text!r}")
-    index, count = int(match[1]), int(match[2])
-    if not 0 <= index < count:
-        raise ValueError(f"shard {text!r}: K must be in 0..N-1 (0..{count - 1})")
-    return index, count
-
-
-def _shard(key: str, value: Any) -> str:
-    value = _text(key, value)
-    if value != "auto":
-        try:
-            parse_shard(value)
-        except ValueError as exc:
-            raise ConfigError(f"config key {key!r}: {exc}") from exc
-    return value
-
-
-#: What a key is about: ``"pictures"`` (it decides them), ``"placement"`` (which process of a
-#: job renders which share), ``"run"`` (where outputs go, how the run shows and saves itself).
-ROLES = ("pictures", "placement", "run")
-
-
-def _key(check: Callable[[str, Any], Any], default: Any, doc: str, role: str = "pictures") -> Any:
-    assert role in ROLES, role
-    return dataclasses.field(default=default, metadata={"check": check, "doc": doc, "role": role})
-
-
-def _section(cls: type) -> Any:
-    return dataclasses.field(default_factory=cls, metadata={"section": cls})
-
-
-class _Checked:
-    """Runs each field's check on construction, so a config built in Python is checked too."""
-
-    _prefix = ""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if "check" in f.metadata:
-                object.__setattr__(self, f.name, f.metadata["check"](self._prefix + f.name, value))
-            elif "section" in f.metadata and not isinstance(value, f.metadata["section"]):
-                raise _bad(f.name, f"a {f.metadata['section'].__name__}", value)
-
-
 # -- the schema ---------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class ParamConfig(_Checked):
+class ParamConfig(keys.Checked):
     """How a picture is parameterized (:mod:`fvjax.rendering.param`)."""
 
     _prefix = "param."
-    kind: str = _key(_one_of(PARAMS), "fourier", "fourier | pixel")
-    decorrelate: bool = _key(_boolean, True, "optimize in decorrelated colour space")
-    decay: float = _key(_number(0.0), 1.0, "1/f**decay spectrum scaling (fourier only)")
-    output: str = _key(_one_of(OUTPUTS), "sigmoid", "sigmoid | clip: map to [0, 1]")
+    kind: str = keys.key(keys.one_of(PARAMS), "fourier", "fourier | pixel")
+    decorrelate: bool = keys.key(keys.boolean, True, "optimize in decorrelated colour space")
+    decay: float = keys.key(keys.number(0.0), 1.0, "1/f**decay spectrum scaling (fourier only)")
+    output: str = keys.key(keys.one_of(OUTPUTS), "sigmoid", "sigmoid | clip: map to [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformsConfig(_Checked):
+class TransformsConfig(keys.Checked):
     """Robustness transforms (:mod:`fvjax.rendering.transforms`)."""
 
     _prefix = "transforms."
-    preset: str = _key(_one_of(PRESETS), "standard", "standard | none")
-    scale: float = _key(_number(0.0, inclusive=False), 1.0, "pixel amounts x scale")
+    preset: str = keys.key(keys.one_of(PRESETS), "standard", "standard | none")
+    scale: float = keys.key(keys.number(0.0, inclusive=False), 1.0, "pixel amounts x scale")
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig(_Checked):
+class OptimizerConfig(keys.Checked):
     """The ``optax`` optimizer; each picture keeps its own state."""
 
     _prefix = "optimizer."
-    name: str = _key(_one_of(OPTIMIZERS), "adam", "an optax optimizer")
-    learning_rate: float = _key(_number(0.0, inclusive=False), 0.05, "learning rate")
+    name: str = keys.key(keys.one_of(OPTIMIZERS), "adam", "an optax optimizer")
+    learning_rate: float = keys.key(keys.number(0.0, inclusive=False), 0.05, "learning rate")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(_Checked):
+class ChecksConfig(keys.Checked):
+    """The evidence beside the pictures (:mod:`fvjax.checks`): what ``fvjax check`` runs, and
+    ``fvjax render`` too when ``enabled``. None of it changes a picture."""
+
+    _prefix = "checks."
+    enabled: bool = keys.key(keys.boolean, False, "fvjax render runs the checks too", "checks")
+    dataset: str = keys.key(
+        keys.text, "world", "world | a folder of images | a Broden-layout folder", "checks"
+    )
+    images: int = keys.key(keys.integer(1), 2000, "world images (the world only)", "checks")
+    layers: tuple[str, ...] = keys.key(
+        keys.optional_layers, (), "rendered layers to check (empty: all of them)", "checks"
+    )
+    dissect: bool = keys.key(
+        keys.boolean, True, "Network Dissection (needs a dataset with concept masks)", "checks"
+    )
+    seed: int = keys.key(keys.integer(0), 1, "the world's seed (worldnet trained on 0)", "checks")
+    batch_size: int = keys.key(keys.integer(1), 64, "images per step of the pass", "checks")
+    top_k: int = keys.key(keys.integer(1), 8, "natural examples per unit, each end", "checks")
+    quantile: float = keys.key(
+        keys.number(0.0, inclusive=False, below=1.0), 0.005, "dissection's top quantile", "checks"
+    )
+    detector_iou: float = keys.key(
+        keys.number(0.0, below=1.0), 0.04, "IoU above which a unit detects its concept", "checks"
+    )
+    plain: bool = keys.key(
+        keys.boolean, True, "render a plain procedure beside (the price of the priors)", "checks"
+    )
+    path: bool = keys.key(keys.boolean, True, "run the path check", "checks")
+    path_layers: tuple[str, ...] = keys.key(
+        keys.optional_layers, (), "layers below for the path check (empty: automatic)", "checks"
+    )
+    far_above: float = keys.key(
+        keys.number(0.0, inclusive=False), 50.0, "reach above which a unit is flagged", "checks"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(keys.Checked):
     """A render job: which pictures to make, how, and where to write them.
 
     ``batch_size = 0`` renders every picture of a layer at once; ``steps_per_call = 0`` uses the
@@ -269,50 +150,53 @@ class Config(_Checked):
     ('block2',)
     """
 
-    model: str = _key(_model, "tiny", "built-in model name or 'package.module:factory'")
-    weights: str = _key(
-        _optional_text, "", "model weights: .safetensors, .npz, .pth, or an `fvjax convert` dir"
+    model: str = keys.key(keys.model, "tiny", "built-in model name or 'package.module:factory'")
+    weights: str = keys.key(
+        keys.optional_text, "", "model weights: .safetensors, .npz, .pth, or an `fvjax convert` dir"
     )
-    layers: tuple[str, ...] = _key(_layers, ("block3",), "layers to render")
-    units: str | tuple[int, ...] = _key(_units, "all", '"all" or a list of unit indices')
-    objective: str = _key(_one_of(LAYER_OBJECTIVES), "channel", "channel | neuron")
-    seeds: int = _key(_integer(1), 1, "pictures per unit (seeds 0..seeds-1)")
-    steps: int = _key(_integer(1), 256, "optimization steps")
-    size: int | tuple[int, int] = _key(_size, 128, "picture size, N or [H, W]")
-    batch_size: int = _key(_integer(0), 0, "pictures per compiled chunk (0: all)")
-    steps_per_call: int = _key(_integer(0), 0, "steps per compiled call (0: engine default)")
-    devices: int = _key(_integer(0), 0, "local devices sharing each chunk (0: all)")
-    model_dtype: str = _key(
-        _one_of(MODEL_DTYPES), "float32", "the model's compute dtype (pictures: float32)"
+    layers: tuple[str, ...] = keys.key(keys.layers, ("block3",), "layers to render")
+    units: str | tuple[int, ...] = keys.key(keys.units, "all", '"all" or a list of unit indices')
+    objective: str = keys.key(keys.one_of(LAYER_OBJECTIVES), "channel", "channel | neuron")
+    seeds: int = keys.key(keys.integer(1), 1, "pictures per unit (seeds 0..seeds-1)")
+    steps: int = keys.key(keys.integer(1), 256, "optimization steps")
+    size: int | tuple[int, int] = keys.key(keys.size, 128, "picture size, N or [H, W]")
+    batch_size: int = keys.key(keys.integer(0), 0, "pictures per compiled chunk (0: all)")
+    steps_per_call: int = keys.key(
+        keys.integer(0), 0, "steps per compiled call (0: engine default)"
     )
-    remat: str = _key(
-        _one_of(REMAT), "none", "what the backward pass recomputes: none | convs | blocks"
+    devices: int = keys.key(keys.integer(0), 0, "local devices sharing each chunk (0: all)")
+    model_dtype: str = keys.key(
+        keys.one_of(MODEL_DTYPES), "float32", "the model's compute dtype (pictures: float32)"
     )
-    shard: str = _key(
-        _shard,
+    remat: str = keys.key(
+        keys.one_of(REMAT), "none", "what the backward pass recomputes: none | convs | blocks"
+    )
+    shard: str = keys.key(
+        keys.shard,
         "auto",
         "this process's slice of the units, 'K/N', or 'auto' (JAX's process)",
         role="placement",
     )
-    distributed: bool = _key(
-        _boolean,
+    distributed: bool = keys.key(
+        keys.boolean,
         False,
         "join a multi-host job with jax.distributed.initialize() first",
         role="placement",
     )
-    param: ParamConfig = _section(ParamConfig)
-    transforms: TransformsConfig = _section(TransformsConfig)
-    optimizer: OptimizerConfig = _section(OptimizerConfig)
-    output: str = _key(_text, "fvjax-out", "output directory", role="run")
-    progress: bool = _key(_boolean, True, "progress bar on stderr", role="run")
-    checkpoint: bool = _key(
-        _boolean,
+    param: ParamConfig = keys.section(ParamConfig)
+    transforms: TransformsConfig = keys.section(TransformsConfig)
+    optimizer: OptimizerConfig = keys.section(OptimizerConfig)
+    checks: ChecksConfig = keys.section(ChecksConfig, role="checks")
+    output: str = keys.key(keys.text, "fvjax-out", "output directory", role="run")
+    progress: bool = keys.key(keys.boolean, True, "progress bar on stderr", role="run")
+    checkpoint: bool = keys.key(
+        keys.boolean,
         True,
         "checkpoint chunks under OUTPUT/.checkpoints so a killed job resumes",
         role="run",
     )
-    checkpoint_every: int = _key(
-        _integer(0),
+    checkpoint_every: int = keys.key(
+        keys.integer(0),
         0,
         "steps between saves of the chunk in flight (0: finished chunks only)",
         role="run",
@@ -484,10 +368,10 @@ def identity(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     holds another identity's pictures is noted. Takes a config or its :func:`to_dict`.
 
     >>> sorted(set(to_dict(Config())) - set(identity(Config())))
-    ['checkpoint', 'checkpoint_every', 'distributed', 'output', 'progress', 'shard']
+    ['checkpoint', 'checkpoint_every', 'checks', 'distributed', 'output', 'progress', 'shard']
     """
     data = to_dict(config) if isinstance(config, Config) else config
-    roles = {f.name: f.metadata.get("role", "pictures") for f in dataclasses.fields(Config)}
+    roles = {f.name: f.metadata["role"] for f in dataclasses.fields(Config)}
     return {key: value for key, value in data.items() if roles.get(key) == "pictures"}
 
 

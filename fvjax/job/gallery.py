@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from fvjax.files import atomic_write
 
 MANIFEST = "manifest.json"
 INDEX = "index.html"
@@ -56,10 +59,48 @@ figure img { display: block; width: 100%; height: auto; image-rendering: pixelat
 figcaption { margin-top: 2px; font-size: 11px; color: var(--muted); text-align: center;
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .running { color: #b25b00; font-weight: 600; }
+.tile a.card-link { color: inherit; text-decoration: none; display: block; }
+.tile a.card-link:hover h3 { color: #2357c5; }
+.facts { font-size: 11px; color: var(--muted); margin-top: 4px; }
+.facts b { color: var(--ink); font-weight: 600; }
+.flag { background: #c62828; color: #fff; border-radius: 3px; padding: 0 5px; font-size: 11px;
+  margin-left: 4px; }
+.views a, .views b { margin-right: 12px; }
 """
 
+#: The layer page's views over its units: file, title, sort key, filter (over a unit's
+#: checks summary; units without checks sort last and pass no filter).
+VIEWS = (
+    ("index.html", "by unit", None, None),
+    ("by-concept.html", "by concept IoU", "iou", None),
+    ("by-reach.html", "by reach", "reach", None),
+    ("detectors.html", "detectors only", "iou", "detector"),
+    ("flagged.html", "flagged only", "reach", "flags"),
+)
 
-def _page(title: str, header: str, body: str) -> str:
+
+def _fact(summary: Mapping[str, Any], key: str) -> float:
+    """The sort value of a unit: its IoU, or its pictures' highest reach."""
+    if key == "iou":
+        return float(summary.get("iou", -1.0))
+    reaches = [r for r in summary.get("reach", []) if r is not None]
+    return max(reaches) if reaches else -1.0
+
+
+def _facts_html(summary: Mapping[str, Any]) -> str:
+    parts = []
+    if "concept" in summary:
+        kind = "detector" if summary["detector"] else "best"
+        parts.append(f"{kind} <b>{html.escape(summary['concept'])}</b> IoU {summary['iou']:.3f}")
+    reaches = [r for r in summary.get("reach", []) if r is not None]
+    if reaches:
+        parts.append(f"reach <b>{max(reaches):.3g}</b>")
+    flags = "".join(f'<span class="flag">{html.escape(f)}</span>' for f in summary["flags"])
+    return f'<div class="facts">{" &middot; ".join(parts)}{flags}</div>'
+
+
+def page(title: str, header: str, body: str) -> str:
+    """A whole gallery page: the house style around ``header`` and ``body`` HTML."""
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -79,6 +120,17 @@ def _href(path: str) -> str:
 
 def _quote(part: str) -> str:
     return quote(part, safe="")
+
+
+def _checked_line(manifest: Mapping[str, Any], layer: str) -> str:
+    checks = manifest.get("checks", {}).get("layers", {}).get(layer)
+    if not checks:
+        return ""
+    units = checks["units"].values()
+    detectors = sum(bool(u.get("detector")) for u in units)
+    flagged = sum(bool(u["flags"]) for u in units)
+    concepts = "" if "detectors_by_category" not in checks else f"{detectors} detector(s), "
+    return f"<p>checked: {concepts}{flagged} flagged unit(s); a card per unit</p>"
 
 
 def index_page(manifest: Mapping[str, Any]) -> str:
@@ -121,14 +173,26 @@ def index_page(manifest: Mapping[str, Any]) -> str:
             f"<p>{len(layer['units'])} unit(s) x {len(layer['seeds'])} seed(s), "
             f"activations {html.escape(shape)}</p>"
             f"<p>activation mean {_number(layer['activation_mean'])}, "
-            f"max {_number(layer['activation_max'])}, {layer['seconds']:.1f} s</p></div></a>"
+            f"max {_number(layer['activation_max'])}, {layer['seconds']:.1f} s</p>"
+            f"{_checked_line(manifest, layer['layer'])}</div></a>"
         )
     body = '<div class="cards">\n' + "\n".join(cards) + "\n</div>" if cards else "<p>None yet.</p>"
-    return _page(f"fvjax: {manifest['model']}", header, body)
+    return page(f"fvjax: {manifest['model']}", header, body)
 
 
-def layer_page(layer: Mapping[str, Any], images: Sequence[Mapping[str, Any]], model: str) -> str:
-    """``<slug>/index.html``: a tile per unit with each seed's picture and final activation."""
+def layer_page(
+    layer: Mapping[str, Any],
+    images: Sequence[Mapping[str, Any]],
+    model: str,
+    checks: Mapping[str, Any] | None = None,
+    view: str = INDEX,
+) -> str:
+    """``<slug>/index.html``: a tile per unit with each seed's picture and final activation.
+
+    With the layer's ``checks`` (the manifest's ``checks.layers[layer]``), each tile links to
+    the unit's card and shows its concept, reach and flags, and the page has one file per
+    :data:`VIEWS` entry (``view``), sorting or filtering the units by those figures.
+    """
     by_unit: dict[int, list[Mapping[str, Any]]] = {}
     for image in images:
         by_unit.setdefault(image["unit"], []).append(image)
@@ -138,8 +202,16 @@ def layer_page(layer: Mapping[str, Any], images: Sequence[Mapping[str, Any]], mo
     shown = min(max(width, 100), 256)
     tile = n_seeds * shown + (n_seeds - 1) * 6 + 18
     prefix = layer["slug"] + "/"
+    summaries = dict(checks["units"]) if checks else {}
+    _, view_title, key, only = next(v for v in VIEWS if v[0] == view)
+    order = list(by_unit)
+    if key is not None:
+        order.sort(key=lambda u: -_fact(summaries.get(str(u), {}), key))
+    if only is not None:
+        order = [u for u in order if summaries.get(str(u), {}).get(only)]
     tiles = []
-    for unit, members in by_unit.items():
+    for unit in order:
+        members = by_unit[unit]
         best = max(m["activation"] for m in members)
         figures = "".join(
             f'<figure><img src="{_href(m["file"].removeprefix(prefix))}" width="{width}" '
@@ -150,12 +222,29 @@ def layer_page(layer: Mapping[str, Any], images: Sequence[Mapping[str, Any]], mo
         )
         named = members[0].get("unit_name")
         title = f"unit {unit}" + (f" &middot; {html.escape(named)}" if named else "")
-        tiles.append(
-            f'<div class="tile" id="unit{unit}"><h3>{title}'
-            f"<span>max {_number(best)}</span></h3>"
-            f'<div class="seeds">{figures}</div></div>'
+        inner = (
+            f'<h3>{title}<span>max {_number(best)}</span></h3><div class="seeds">{figures}</div>'
         )
+        summary = summaries.get(str(unit))
+        if summary is not None:
+            inner = (
+                f'<a class="card-link" href="units/unit{unit:04d}.html" '
+                f'title="the card of unit {unit}">{inner}{_facts_html(summary)}</a>'
+            )
+        tiles.append(f'<div class="tile" id="unit{unit}">{inner}</div>')
     shape = "x".join(str(d) for d in layer["shape"]) if layer["shape"] else "?"
+    views = ""
+    if checks:
+        views = (
+            '<p class="views">'
+            + "".join(
+                f"<b>{html.escape(title)}</b>"
+                if name == view
+                else f'<a href="{name}">{html.escape(title)}</a>'
+                for name, title, _, _ in VIEWS
+            )
+            + "</p>\n<p>Click a unit for its card: natural examples, concepts, scale, path.</p>"
+        )
     header = (
         f'<p><a href="../{INDEX}">&larr; all layers</a></p>\n'
         f"<h1>{html.escape(layer['layer'])}</h1>\n"
@@ -164,6 +253,23 @@ def layer_page(layer: Mapping[str, Any], images: Sequence[Mapping[str, Any]], mo
         f"&middot; {width}x{height} px &middot; "
         f'<a href="{GRID}">grid.png</a></p>\n'
         "<p>Each caption is the objective's value on the final picture (higher is stronger).</p>"
+        f"{views}"
     )
-    body = f'<div class="tiles" style="--tile: {tile}px">\n' + "\n".join(tiles) + "\n</div>"
-    return _page(f"{layer['layer']} - fvjax", header, body)
+    if not tiles:
+        body = f"<p>No unit in this view ({html.escape(view_title)}).</p>"
+    else:
+        body = f'<div class="tiles" style="--tile: {tile}px">\n' + "\n".join(tiles) + "\n</div>"
+    return page(f"{layer['layer']} - fvjax", header, body)
+
+
+def write_pages(out: Path, manifest: Mapping[str, Any]) -> None:
+    """Write the gallery of ``manifest`` into ``out`` again: the index and every layer's
+    pages (each of :data:`VIEWS` where the layer was checked), atomically."""
+    checked = manifest.get("checks", {}).get("layers", {})
+    for entry in manifest["layers"]:
+        images = [image for image in manifest["images"] if image["layer"] == entry["layer"]]
+        checks = checked.get(entry["layer"])
+        for view, *_ in VIEWS if checks else VIEWS[:1]:
+            text = layer_page(entry, images, manifest["model"], checks, view)
+            atomic_write(out / entry["slug"] / view, text)
+    atomic_write(out / INDEX, index_page(manifest))

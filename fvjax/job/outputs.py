@@ -46,6 +46,8 @@ from fvjax.job.gallery import GRID, INDEX, MANIFEST, index_page, layer_page
 from fvjax.rendering.engine import RenderResult
 
 FORMAT = "fvjax-render/1"
+#: ``(steps, units, seeds)`` objective values along the optimization, per layer folder.
+HISTORY = "history.npy"
 #: Files and folders at the top of ``OUT`` that a layer's folder must not be named.
 _RESERVED = {MANIFEST, INDEX}
 
@@ -225,6 +227,10 @@ class RenderOutput:
                 entries.append(entry)
         grid = grid_image(result.images)
         atomic_write(folder / GRID, png_bytes(grid))
+        if result.history is not None:  # the unit cards draw the optimization curves
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(result.history, np.float32))
+            atomic_write(folder / HISTORY, buffer.getvalue())
         entry = {
             "layer": layer,
             "slug": slug,

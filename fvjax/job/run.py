@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from fvjax.errors import ShardError
 from fvjax.job import config as config_lib
 from fvjax.job import shards
+from fvjax.job.check import check
 from fvjax.job.outputs import RenderOutput, read_manifest
 from fvjax.job.plan import JobPlan, build_plan
 from fvjax.progress import Progress
@@ -65,6 +66,8 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
     manifest = out.finish(setup_seconds=setup_seconds)
     _remove_checkpoints(plan)
     shard, n_shards = plan.shard
+    if config.checks.enabled and n_shards == 1:
+        manifest = check(config, stream)
     if config.distributed and n_shards > 1:
         shards.wait_for_all("fvjax-render-done")
         if shard == 0:

@@ -32,7 +32,8 @@ from PIL import Image
 
 from fvjax.errors import ShardError
 from fvjax.files import data_sha256
-from fvjax.job.config import identity, parse_shard
+from fvjax.job.config import identity
+from fvjax.job.keys import parse_shard
 from fvjax.job.outputs import RenderOutput, read_manifest
 from fvjax.rendering.engine import RenderResult
 

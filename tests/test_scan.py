@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fvjax.checks import dataset_pass as pass_lib
-from fvjax.checks.dataset_pass import dataset_pass
+from fvjax.checks import scan as pass_lib
+from fvjax.checks.scan import dataset_pass
 from fvjax.data.datasets import world_dataset
-from fvjax.errors import ArgumentError
+from fvjax.errors import ArgumentError, ConceptDatasetError
 from fvjax.models import from_fn
 
 SIZE = 32
@@ -125,7 +125,7 @@ def test_bad_requests_name_what_is_wrong(tmp_path):
     from fvjax.data.datasets import folder_dataset
 
     folder = folder_dataset(tmp_path, SIZE)
-    with pytest.raises(ArgumentError, match="dissection needs concept masks"):
+    with pytest.raises(ConceptDatasetError, match="dissection needs concept masks"):
         dataset_pass(model, folder, ["pre"], dissect=True)
     stats = dataset_pass(model, folder, ["pre"], top_k=2)["pre"]
     assert stats.concepts is None and stats.top_index[0].tolist() == [0, -1]

@@ -1,0 +1,237 @@
+"""The checks of a render job: the evidence beside its pictures, written into its output.
+
+``fvjax check --config C`` (or ``fvjax render`` with ``checks.enabled``) reads the pictures a
+render left in ``OUTPUT``, runs one dataset pass over the config's ``[checks]`` dataset for
+every checked layer, then per unit: dissection, dataset examples, synthetic vs natural, the
+price of the priors (a plain render beside) and the path check. It writes a card per unit
+(``OUTPUT/<slug>/units/unit0003.html`` with its crops), a concept summary per layer
+(``OUTPUT/<slug>/concepts.svg``), a ``checks`` section in ``manifest.json`` and the gallery
+pages again, every file atomically.
+
+>>> import tempfile
+>>> from fvjax.job.config import from_dict
+>>> from fvjax.job.run import run
+>>> out = tempfile.mkdtemp()
+>>> config = from_dict({"model": "tiny", "layers": ["block2"], "units": [0, 1], "steps": 2,
+...     "size": 32, "output": out, "progress": False,
+...     "checks": {"images": 40, "plain": False, "path": False}})
+>>> _ = run(config)
+>>> manifest = check(config)
+>>> sorted(manifest["checks"]["layers"]["block2"]["units"])
+['0', '1']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from PIL import Image
+
+from fvjax.checks.card import svg_bars, unit_card_html
+from fvjax.checks.scan import dataset_pass
+from fvjax.checks.dissection import detectors_by_category, label_units
+from fvjax.checks.evidence import UnitEvidence, unit_evidence
+from fvjax.checks.paths import check_paths, path_layers
+from fvjax.data.broden import load_broden
+from fvjax.data.datasets import Dataset, folder_dataset, world_dataset
+from fvjax.errors import ConceptDatasetError, ConfigError
+from fvjax.files import atomic_write
+from fvjax.job import config as config_lib
+from fvjax.job import gallery
+from fvjax.job.outputs import HISTORY, png_bytes, read_manifest
+from fvjax.job.plan import build_model, build_plan
+from fvjax.models.adapters import Model
+from fvjax.progress import Progress
+from fvjax.rendering.engine import run_plan
+
+#: The per-image score that matches each layer objective (what the pictures' values are).
+SCORE_OF_OBJECTIVE = {"channel": "mean", "neuron": "center"}
+UNITS = "units"
+CONCEPTS_SVG = "concepts.svg"
+
+
+def build_dataset(config: config_lib.Config) -> Dataset:
+    """The ``[checks]`` dataset at the render's picture size."""
+    name = config.checks.dataset
+    if name == "world":
+        return world_dataset(config.checks.seed, config.checks.images, config.size)
+    path = Path(name)
+    if not path.is_dir():
+        raise ConfigError(
+            f"checks.dataset {name!r} is not a folder; use 'world', a folder of images, or a "
+            "Broden-layout folder (one with index.csv)"
+        )
+    if (path / "index.csv").exists():
+        return load_broden(path, config.size)
+    return folder_dataset(path, config.size)
+
+
+def _layers(config: config_lib.Config, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    rendered = {entry["layer"]: entry for entry in manifest["layers"]}
+    wanted = config.checks.layers or tuple(rendered)
+    missing = [layer for layer in wanted if layer not in rendered]
+    if missing:
+        raise ConfigError(
+            f"checks.layers names {missing[0]!r}, which this render did not cover; "
+            f"its layers are: {', '.join(rendered)}"
+        )
+    return [rendered[layer] for layer in wanted]
+
+
+def _read_render(config: config_lib.Config) -> tuple[Path, dict[str, Any]]:
+    out = Path(config.output)
+    try:
+        manifest = read_manifest(out)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"no render to check in {out} ({exc}); run `fvjax render` with this config first"
+        ) from exc
+    if config_lib.identity(manifest["config"]) != config_lib.identity(config):
+        raise ConfigError(
+            f"{out} holds the pictures of another job than this config's (they differ in a "
+            "key that decides the pictures); check with the config that rendered them"
+        )
+    if not manifest.get("complete"):
+        raise ConfigError(f"the render in {out} is not complete; run `fvjax render` to finish it")
+    return out, manifest
+
+
+def _pictures(out: Path, entry: dict, images: list[dict]) -> tuple[np.ndarray, ...]:
+    """``(U, S, H, W, 3)`` pictures read back, ``(U, S)`` activations, and the history."""
+    units, seeds = entry["units"], entry["seeds"]
+    where = {(image["unit"], image["seed"]): image for image in images}
+    pictures = np.zeros((len(units), len(seeds), *entry["image_size"], 3), np.float32)
+    values = np.zeros((len(units), len(seeds)))
+    for i, unit in enumerate(units):
+        for j, seed in enumerate(seeds):
+            image = where[(unit, seed)]
+            with Image.open(out / image["file"]) as png:
+                pictures[i, j] = np.asarray(png.convert("RGB"), np.float32) / 255.0
+            values[i, j] = image["activation"]
+    history_file = out / entry["slug"] / HISTORY
+    history = np.load(history_file) if history_file.exists() else None
+    return pictures, values, history
+
+
+def plain_config(config: config_lib.Config) -> config_lib.Config:
+    """The plain procedure beside ``config``: pixels, no decorrelation, no transforms; the
+    same steps, seeds, size and optimizer (what the price of the priors compares with)."""
+    return dataclasses.replace(
+        config,
+        param=dataclasses.replace(config.param, kind="pixel", decorrelate=False),
+        transforms=dataclasses.replace(config.transforms, preset="none"),
+        shard="0/1",
+        checkpoint=False,
+    )
+
+
+def _plain(config: config_lib.Config, layers: list[str], stream: TextIO) -> dict[str, np.ndarray]:
+    plain = plain_config(dataclasses.replace(config, layers=tuple(layers)))
+    plan = build_plan(plain)
+    bar = Progress(plan.total_steps, label="checks: plain render", stream=stream,
+                   enabled=config.progress)  # fmt: skip
+    found = {}
+    for layer, render_plan in plan.layers.items():
+        result = run_plan(render_plan, progress=bar)
+        found[layer] = dict(zip(np.asarray(result.units).tolist(), result.activations, strict=True))
+    bar.close()
+    return found
+
+
+def _card_page(evidence: UnitEvidence, body: str, neighbours: tuple[int | None, int | None]) -> str:
+    links = [f'<a href="../{gallery.INDEX}#unit{evidence.unit}">&larr; {evidence.layer}</a>']
+    for label, unit in zip(("previous", "next"), neighbours, strict=True):
+        if unit is not None:
+            links.append(f'<a href="unit{unit:04d}.html">{label}: unit {unit}</a>')
+    nav = " &middot; ".join(links)
+    return gallery.page(f"{evidence.layer} unit {evidence.unit}", f"<p>{nav}</p>", body)
+
+
+def _write_cards(
+    out: Path, entry: dict, evidence: list[UnitEvidence], history, procedure: str
+) -> None:
+    folder = out / entry["slug"] / UNITS
+
+    def source(name: str, image: np.ndarray) -> str:
+        atomic_write(folder / name, png_bytes(image))
+        return name
+
+    units = [e.unit for e in evidence]
+    for i, e in enumerate(evidence):
+        own = [f"../unit{e.unit:04d}_seed{s}.png" for s in e.seeds]
+        body = unit_card_html(e, source, own, None if history is None else history[:, i], procedure)
+        neighbours = (units[i - 1] if i else None, units[i + 1] if i + 1 < len(units) else None)
+        atomic_write(folder / f"unit{e.unit:04d}.html", _card_page(e, body, neighbours))
+
+
+def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, Any]:
+    """Run the ``[checks]`` of ``config`` over its finished render; returns the manifest."""
+    stream = stream if stream is not None else sys.stderr
+    c = config.checks
+    out, manifest = _read_render(config)
+    entries = _layers(config, manifest)
+    model: Model = build_model(config)
+    dataset = build_dataset(config)
+    has_masks = dataset.concepts is not None and dataset.slots > 0
+    if c.dissect and not has_masks:
+        raise ConceptDatasetError(
+            f"checks.dissect is on but dataset {dataset.name} has no concept masks; use the "
+            "world or a Broden-layout folder, or set checks.dissect = false"
+        )
+    layers = [entry["layer"] for entry in entries]
+    bar = Progress(len(dataset), label="checks: dataset pass", stream=stream, unit="image",
+                   enabled=config.progress)  # fmt: skip
+    stats = dataset_pass(
+        model, dataset, layers, top_k=c.top_k, quantile=c.quantile,
+        score=SCORE_OF_OBJECTIVE[config.objective], dissect=c.dissect,
+        batch_size=c.batch_size, progress=bar,
+    )  # fmt: skip
+    bar.close()
+    plain = _plain(config, layers, stream) if c.plain else {}
+    section: dict[str, Any] = {
+        "dataset": dataset.name,
+        "images": len(dataset),
+        "settings": config_lib.to_dict(config)["checks"],
+        "layers": {},
+    }
+    for entry in entries:
+        layer = entry["layer"]
+        images = [image for image in manifest["images"] if image["layer"] == layer]
+        pictures, values, history = _pictures(out, entry, images)
+        units = entry["units"]
+        paths = None
+        if c.path:
+            below = c.path_layers or path_layers(model, layer, config.size)
+            if below:
+                paths = check_paths(model, dataset, stats[layer], units, pictures, below,
+                                    top_k=c.top_k)  # fmt: skip
+        evidence = unit_evidence(
+            model, dataset, stats[layer], units, values, entry["seeds"], top_k=c.top_k,
+            detector_iou=c.detector_iou, far_above=c.far_above, paths=paths,
+            plain=np.array([plain[layer][u] for u in units]) if plain else None,
+        )  # fmt: skip
+        _write_cards(out, entry, evidence, history, manifest["config_sha256"])
+        summary: dict[str, Any] = {
+            "score": stats[layer].score,
+            "threshold_exact": stats[layer].exact,
+            "units": {str(e.unit): e.summary() for e in evidence},
+        }
+        if stats[layer].concepts is not None:
+            labels = label_units(stats[layer].iou, stats[layer].concepts, c.detector_iou)
+            counts = detectors_by_category(labels, stats[layer].concepts)
+            summary["detectors_by_category"] = counts
+            summary["concepts_svg"] = f"{entry['slug']}/{CONCEPTS_SVG}"
+            atomic_write(
+                out / entry["slug"] / CONCEPTS_SVG,
+                svg_bars(counts, title=f"{layer}: units detecting a concept, by category"),
+            )
+        section["layers"][layer] = summary
+    manifest["checks"] = section
+    atomic_write(out / gallery.MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
+    gallery.write_pages(out, manifest)
+    return manifest
