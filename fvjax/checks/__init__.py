@@ -9,11 +9,11 @@ path check (:func:`check_paths`), and the unit card (:func:`unit_card_html`, als
 
 from fvjax.checks.activations import stream_activations
 from fvjax.checks.card import unit_card_html
-from fvjax.checks.scan import DEFAULT_QUANTILE, SCORES, dataset_pass
 from fvjax.checks.dissection import DETECTOR_IOU, detectors_by_category, label_units
 from fvjax.checks.evidence import FAR_ABOVE, FLAGS, UnitEvidence, unit_evidence
 from fvjax.checks.paths import PathCheck, check_paths, path_layers
 from fvjax.checks.receptive import ReceptiveField, crop, heat_overlay, receptive_field
+from fvjax.checks.scan import DEFAULT_QUANTILE, SCORES, dataset_pass
 from fvjax.checks.statistics import LayerStatistics
 
 __all__ = [

@@ -39,7 +39,7 @@ from fvjax.models.adapters import Model
 
 #: A unit whose every picture reaches beyond this (in natural spreads above the mean) is
 #: flagged. Optimized pictures are superstimuli; a silent component reaches far beyond them.
-FAR_ABOVE = 50.0
+FAR_ABOVE = 30.0
 FLAGS = ("far-above-natural", "off-path")
 
 

@@ -15,13 +15,24 @@ Per unit and layer (``T``: the unit's top natural examples, ``R``: random natura
 - ``natural``: for each of ``T``, its correlation with the nearest *other* of ``T`` (how
   alike the unit's own examples are: the reference);
 - ``random``: for each of ``R``, its correlation with the nearest of ``T`` (how alike any
-  image looks to them: the floor), summarised by its median.
+  image looks to them: the floor), summarised by its median;
+- ``rival``: the share of the *other checked units* whose top examples the pictures resemble
+  more than their own unit's (channels standardized over all random rows; averaged over
+  seeds); ``natural_rival``: the same share for the unit's own top examples (each left out of
+  its own set), what near-duplicate units show without any manipulation.
 
-**The flag.** A unit is ``off-path`` when, at the layer just below it (the last path layer,
-where a clean picture should look most like its examples), its pictures are *no closer* to
-the unit's top examples than the median random natural image is: ``picture <= random``. The
-other layers are reported and drawn, not judged (Geirhos et al. found that pictures and
-unrelated images look alike in early layers).
+**The flag.** A unit is ``off-path`` when, over the last two path layers (just below the unit,
+where a clean picture should look most like its examples), its pictures' ``rival`` exceeds its
+natural examples' ``natural_rival`` by more than :data:`RIVAL_LIMIT` (0.3): the pictures look
+like other units' natural examples more often than the unit's own examples do. A fooling
+circuit's pictures take the path of the unit they were routed to. With fewer than
+:data:`MIN_RIVALS` other units checked the contrast is too thin, and the flag falls back to
+``picture <= random`` at the last layer (no closer to the unit's examples than a median random
+image). Geirhos et al. found that pictures and unrelated images look alike below the last
+layers; on worldnet the random floor alone flagged 17 of 64 clean ``block3/conv`` units.
+
+Measured on worldnet (1000 world images, the default procedure: 4 seeds, 256 steps): clean
+logits 1 of 25 flagged, clean ``block3/conv`` 8 of 64, a fooling circuit's logits 15 of 25.
 
 >>> spearman(np.array([[1.0, 2.0, 3.0]]), np.array([[1.0, 5.0, 9.0], [3.0, 2.0, 1.0]])).round(6)
 array([[ 1., -1.]])
@@ -46,6 +57,13 @@ from fvjax.models.adapters import Model
 
 #: Most layers the automatic choice follows (spread evenly by receptive field).
 MAX_PATH_LAYERS = 6
+#: Other checked units needed for the ``rival`` flag (else the random-floor fallback).
+MIN_RIVALS = 3
+#: The ``rival`` share above which a unit is flagged ``off-path``.
+RIVAL_LIMIT = 0.3
+#: The unit's field is read as a ``GRID x GRID`` grid of channel means (where in the field a
+#: feature sits matters to a conv unit; a whole-image field is read as one part).
+GRID = 3
 
 
 class PathCheck(NamedTuple):
@@ -55,6 +73,8 @@ class PathCheck(NamedTuple):
     picture: np.ndarray
     natural: np.ndarray
     random: np.ndarray
+    rival: np.ndarray
+    natural_rival: np.ndarray
     off_path: bool
 
     def summary(self) -> dict[str, Any]:
@@ -66,6 +86,8 @@ class PathCheck(NamedTuple):
             "picture_to_top": rounded(self.picture),
             "top_to_top": rounded(self.natural),
             "random_to_top": rounded(self.random),
+            "rival_units": rounded(self.rival),
+            "natural_rival_units": rounded(self.natural_rival),
             "off_path": self.off_path,
         }
 
@@ -76,6 +98,8 @@ class PathCheck(NamedTuple):
                 ("pictures to top examples", self.picture),
                 ("top examples to each other", self.natural),
                 ("random images to top examples", self.random),
+                ("share of other units' examples nearer: pictures", self.rival),
+                ("... the same for its natural examples", self.natural_rival),
             ],
             title="Spearman correlation of channel means, layer by layer",
             x_labels=self.layers,
@@ -133,26 +157,35 @@ def path_layers(
     return tuple(below)
 
 
+def _overlaps(start, length: float, parts: int, cells: int, extent: float):
+    """``(B, parts, cells)``: how much of each of ``parts`` equal slices of the span
+    ``[start, start + length)`` (input pixels) each layer cell covers, per row."""
+    cell = extent / cells
+    edges = start[:, None] + length * jnp.arange(parts + 1)[None] / parts  # (B, parts + 1)
+    low, high = edges[:, :-1, None], edges[:, 1:, None]
+    lefts = jnp.arange(cells)[None, None] * cell
+    return jnp.maximum(0.0, jnp.minimum(high, lefts + cell) - jnp.maximum(low, lefts))
+
+
 def _window(field: Any, peak_y, peak_x, shape: tuple[int, ...], size: tuple[int, int]):
-    """``(B, h, w)`` weights: the cells of a ``shape`` layer whose centres lie in the field of
-    each row's peak (all cells when the field is the whole image), normalised to sum 1."""
+    """``(B, G, G, h, w)`` weights: a ``G x G`` grid over the field of each row's peak, each
+    part averaging the cells of a ``shape`` layer it covers (by area). The whole image, as one
+    part, when the field is the whole image."""
     h, w = shape[0], shape[1]
     if field.whole_image:
-        cells = jnp.ones((peak_y.shape[0], h, w))
-    else:
-        top = field.offset[0] + peak_y * field.stride[0]
-        left = field.offset[1] + peak_x * field.stride[1]
-        ys = (jnp.arange(h) + 0.5) * size[0] / h
-        xs = (jnp.arange(w) + 0.5) * size[1] / w
-        inside_y = (ys[None] >= top[:, None]) & (ys[None] < top[:, None] + field.size[0])
-        inside_x = (xs[None] >= left[:, None]) & (xs[None] < left[:, None] + field.size[1])
-        cells = (inside_y[:, :, None] & inside_x[:, None, :]).astype(jnp.float32)
-    return cells / jnp.maximum(cells.sum((1, 2), keepdims=True), 1.0)
+        return jnp.full((peak_y.shape[0], 1, 1, h, w), 1.0 / (h * w))
+    top = field.offset[0] + peak_y * field.stride[0]
+    left = field.offset[1] + peak_x * field.stride[1]
+    rows = _overlaps(top, field.size[0], GRID, h, size[0])  # (B, G, h)
+    cols = _overlaps(left, field.size[1], GRID, w, size[1])  # (B, G, w)
+    weights = rows[:, :, None, :, None] * cols[:, None, :, None, :]
+    return weights / jnp.maximum(weights.sum((3, 4), keepdims=True), 1e-12)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _features(apply, target, layers, field, size, params, images, units):
-    """Each row's ``(B, C)`` channel means over its unit's field, per path layer."""
+    """Each row's features per path layer: the layer's channels averaged over each part of a
+    grid laid on its unit's field around the peak, flattened ``(B, G * G * C)``."""
     out = apply(params, images)
     maps = out[target]
     if maps.ndim == 4:
@@ -169,7 +202,8 @@ def _features(apply, target, layers, field, size, params, images, units):
             features[name] = layer
             continue
         weights = _window(field, peak_y, peak_x, layer.shape[1:], size)
-        features[name] = jnp.einsum("bhw,bhwc->bc", weights, layer)
+        pooled = jnp.einsum("bpqhw,bhwc->bpqc", weights, layer)
+        features[name] = pooled.reshape(pooled.shape[0], -1)
     return features
 
 
@@ -185,6 +219,50 @@ def _describe(model, target, layers, field, size, images, units, batch_size):
         found = _features(model.apply, target, layers, field, size, model.params, chunk, who)
         parts.append({k: np.asarray(v)[: batch_size - pad] for k, v in found.items()})
     return {name: np.concatenate([p[name] for p in parts]) for name in layers}
+
+
+def _shares(nearest: np.ndarray, own: int) -> np.ndarray:
+    """Per row of ``nearest (n, U)``: the share of the other units scoring above ``own``."""
+    others = nearest.shape[1] - 1
+    return (nearest > nearest[:, own : own + 1]).sum(1) / max(others, 1)
+
+
+def _rivals(found, layers, units, top_ids, n_top, n_random_rows, seeds) -> np.ndarray:
+    """``(layers, U, 2)``: per unit, the share of the other units whose top examples its
+    pictures resemble more than its own (``[..., 0]``), and the same for its own top examples,
+    each left out of its own set and never matched to itself (``[..., 1]``: the share a
+    natural example of the unit shows, the reference for near-duplicate units). Channels are
+    standardized over all random rows."""
+    bounds = np.cumsum([0] + [len(top_ids[u]) for u in units])
+    image_of = np.array([i for u in units for i in top_ids[u]])
+    out = np.zeros((len(layers), len(units), 2))
+    if len(units) < 2:
+        return out
+    for i, name in enumerate(layers):
+        table = found[name]
+        randoms = table[n_top : n_top + n_random_rows]
+        mu, sd = randoms.mean(0), randoms.std(0) + 1e-6
+        tops = (table[:n_top] - mu) / sd
+        drawn = (table[n_top + n_random_rows :] - mu) / sd
+        for queries, same, column in (
+            (drawn, None, 0),
+            (tops, image_of[:, None] == image_of[None, :], 1),
+        ):
+            similarity = spearman(queries, tops)  # (queries, all top rows)
+            if same is not None:  # a natural example is never its own (or its twin's) match
+                similarity = np.where(same, -np.inf, similarity)
+            nearest = np.stack(
+                [similarity[:, a:b].max(1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+                axis=1,
+            )  # (queries, U)
+            for row in range(len(units)):
+                if column == 0:
+                    mine = nearest[row * seeds : (row + 1) * seeds]
+                else:
+                    mine = nearest[bounds[row] : bounds[row + 1]]
+                if len(mine):
+                    out[i, row, column] = _shares(mine, row).mean()
+    return out
 
 
 def check_paths(
@@ -237,6 +315,7 @@ def check_paths(
         [u for _, u in rows], batch_size,
     )  # fmt: skip
     n_top, n_random_rows = len(top_rows), len(random_rows)
+    rivals = _rivals(found, layers, units, top_ids, n_top, n_random_rows, seeds)
     checks, start = [], 0
     for row, unit in enumerate(units):
         n_mine = len(top_ids[unit])
@@ -259,5 +338,10 @@ def check_paths(
             floor.append(np.median(spearman(others, top).max(1)))
         start += n_mine
         picture, reference, floor = map(np.array, (picture, reference, floor))
-        checks.append(PathCheck(layers, picture, reference, floor, bool(picture[-1] <= floor[-1])))
+        rival, natural_rival = rivals[:, row, 0], rivals[:, row, 1]
+        if len(units) - 1 >= MIN_RIVALS:
+            off = bool((rival - natural_rival)[-2:].mean() > RIVAL_LIMIT)
+        else:
+            off = bool(picture[-1] <= floor[-1])
+        checks.append(PathCheck(layers, picture, reference, floor, rival, natural_rival, off))
     return checks

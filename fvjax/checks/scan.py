@@ -22,6 +22,10 @@ reported per unit (``realized_quantile``): the documented error is the gap betwe
 request, and the counts at that threshold are exact. Memory does not grow with the dataset;
 the prefix is read twice (once to calibrate, once to count), the rest once.
 
+A unit is *active* above its threshold; activations equal to it count too (a saturated unit's
+top is one repeated value, which NetDissect-Lite's ``>`` would leave empty), except when the
+threshold is the unit's lowest value (a ReLU's zeros), which never counts.
+
 The union follows NetDissect-Lite: a unit's active pixels count towards a concept's union only in
 images where the concept's category is annotated (has a labelled pixel).
 
@@ -44,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from fvjax.checks.statistics import Fold, LayerStatistics, finish
+from fvjax.checks.statistics import Fold, LayerStatistics, finish, score_edges
 from fvjax.data.datasets import Dataset, Examples
 from fvjax.errors import ArgumentError, ConceptDatasetError
 from fvjax.models.adapters import Model
@@ -86,6 +90,16 @@ def _as_maps(activations: jax.Array) -> jax.Array:
 
 
 def _score(maps: jax.Array, score: str) -> jax.Array:
+    if score == "mean":
+        return maps.mean(axis=(1, 2))
+    if score == "max":
+        return maps.max(axis=(1, 2))
+    return maps[:, maps.shape[1] // 2, maps.shape[2] // 2]
+
+
+def _host_score(maps: np.ndarray, score: str) -> np.ndarray:
+    """:func:`_score` of kept maps, in numpy (the calibration prefix's scores)."""
+    maps = np.asarray(maps, np.float64)
     if score == "mean":
         return maps.mean(axis=(1, 2))
     if score == "max":
@@ -302,9 +316,20 @@ def dataset_pass(
         values = np.concatenate([m[name] for m in kept])
         flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
         levels = [1.0 - min(quantile * r, 1.0) for r in ratios]
-        thresholds[name] = np.quantile(flat, levels, axis=0).T.astype(np.float32)  # (U, K)
+        found = np.quantile(flat, levels, axis=0).T.astype(np.float32)  # (U, K)
+        # Ties at the threshold count as active (a saturated unit's top is one value), except
+        # at the unit's floor (a ReLU's zeros): ``> nextafter(t, -inf)`` is ``>= t``.
+        floor = flat.min(0).astype(np.float32)[:, None]
+        lowered = np.nextafter(found, np.float32(-np.inf))
+        thresholds[name] = np.where(found > floor, lowered, found)
     running = {
-        name: Fold(thresholds[name].shape[0], top_k, len(ratios), n_concepts, groups)
+        name: Fold(
+            score_edges(np.concatenate([_host_score(m[name], score) for m in kept]), bins),
+            top_k,
+            len(ratios),
+            n_concepts,
+            groups,
+        )  # fmt: skip
         for name in layers
     }
 
@@ -342,9 +367,6 @@ def dataset_pass(
         for name in layers:
             running[name].add(jax.device_get(out[name]), examples.index, n)
         seen += n
-        if position + 1 == len(kept):
-            for name in layers:
-                running[name].fix_histogram(bins)
     if seen != len(dataset):
         raise ArgumentError(
             f"dataset {dataset.name} claims {len(dataset)} images but yielded {seen}"

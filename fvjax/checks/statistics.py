@@ -104,7 +104,8 @@ class LayerStatistics(NamedTuple):
 class Fold:
     """The host-side fold of one layer's batches into fixed-size arrays."""
 
-    def __init__(self, units: int, top_k: int, ladder: int, n_concepts: int, groups: int):
+    def __init__(self, edges: np.ndarray, top_k: int, ladder: int, n_concepts: int, groups: int):
+        units = len(edges)
         self.top = (
             np.full((units, 0), -np.inf),
             np.zeros((units, 0), np.int64),
@@ -112,9 +113,8 @@ class Fold:
         )
         self.bottom = self.top
         self.top_k = top_k
-        self.scores: list[np.ndarray] = []  # kept until the histogram edges are fixed
-        self.edges: np.ndarray | None = None
-        self.counts: np.ndarray | None = None
+        self.edges = edges
+        self.counts = np.zeros((units, edges.shape[1] + 1), np.int64)
         self.minimum = np.full(units, np.inf)
         self.maximum = np.full(units, -np.inf)
         self.total = np.zeros(units)
@@ -144,36 +144,34 @@ class Fold:
         self.minimum = np.minimum(self.minimum, score.min(0))
         self.maximum = np.maximum(self.maximum, score.max(0))
         self.total += score.sum(0)
-        if self.edges is None:
-            self.scores.append(score)
-        else:
-            self.counts += histogram(score, self.edges)
+        self.counts += histogram(score, self.edges)
         self.above += np.asarray(batch.above)
         self.intersection += np.asarray(batch.intersection)
         self.active += np.asarray(batch.active)
         self.concept_pixels += np.asarray(batch.concept_pixels)
 
-    def fix_histogram(self, bins: int) -> None:
-        """Edges from the scores seen so far (the calibration prefix); later scores outside
-        them land in the under/overflow counts."""
-        low, high = self.minimum, self.maximum
-        span = np.where(high > low, high - low, 1.0)
-        self.edges = np.linspace(low - 0.01 * span, high + 0.01 * span, bins + 1, axis=1)
-        self.counts = np.zeros((len(low), bins + 2), np.int64)
-        for score in self.scores:
-            self.counts += histogram(score, self.edges)
-        self.scores = []
+
+def score_edges(scores: np.ndarray, bins: int) -> np.ndarray:
+    """``(U, bins + 1)`` evenly spaced histogram edges per unit, 1% beyond the range of
+    ``scores (n, U)`` at each end (later scores outside land in the under/overflow counts).
+
+    >>> score_edges(np.array([[0.0], [1.0]]), 2).round(3).tolist()
+    [[-0.01, 0.5, 1.01]]
+    """
+    low, high = scores.min(0), scores.max(0)
+    span = np.where(high > low, high - low, 1.0)
+    return np.linspace(low - 0.01 * span, high + 0.01 * span, bins + 1, axis=1)
 
 
 def histogram(score: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """``(U, bins + 2)`` counts of ``score (n, U)`` against per-unit ``edges (U, bins + 1)``."""
+    """``(U, bins + 2)`` counts of ``score (n, U)`` against each unit's evenly spaced
+    ``edges (U, bins + 1)``: below the first edge, each bin, at or above the last."""
     units, n_edges = edges.shape
-    position = np.stack(
-        [np.searchsorted(edges[u], score[:, u], side="right") for u in range(units)]
-    )
-    counts = np.zeros((units, n_edges + 1), np.int64)
-    np.add.at(counts, (np.arange(units)[:, None], position), 1)
-    return counts
+    width = (edges[:, -1] - edges[:, 0]) / (n_edges - 1)
+    position = np.floor((score - edges[:, 0]) / width) + 1  # (n, U): 1 .. bins inside
+    position = np.clip(np.nan_to_num(position, nan=0.0), 0, n_edges).astype(np.int64)
+    flat = position + np.arange(units) * (n_edges + 1)
+    return np.bincount(flat.reshape(-1), minlength=units * (n_edges + 1)).reshape(units, -1)
 
 
 def finish(name, score, shape, running: Fold, thresholds, quantile, exact, concepts, n):

@@ -33,10 +33,10 @@ import numpy as np
 from PIL import Image
 
 from fvjax.checks.card import svg_bars, unit_card_html
-from fvjax.checks.scan import dataset_pass
 from fvjax.checks.dissection import detectors_by_category, label_units
 from fvjax.checks.evidence import UnitEvidence, unit_evidence
 from fvjax.checks.paths import check_paths, path_layers
+from fvjax.checks.scan import dataset_pass
 from fvjax.data.broden import load_broden
 from fvjax.data.datasets import Dataset, folder_dataset, world_dataset
 from fvjax.errors import ConceptDatasetError, ConfigError

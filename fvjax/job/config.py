@@ -135,7 +135,7 @@ class ChecksConfig(keys.Checked):
         keys.optional_layers, (), "layers below for the path check (empty: automatic)", "checks"
     )
     far_above: float = keys.key(
-        keys.number(0.0, inclusive=False), 50.0, "reach above which a unit is flagged", "checks"
+        keys.number(0.0, inclusive=False), 30.0, "reach above which a unit is flagged", "checks"
     )
 
 
