@@ -7,6 +7,7 @@ from PIL import Image
 
 from fvjax.checks import scan as pass_lib
 from fvjax.checks.scan import dataset_pass
+from fvjax.data import world
 from fvjax.data.datasets import world_dataset
 from fvjax.errors import ArgumentError, ConceptDatasetError
 from fvjax.models import from_fn
@@ -38,7 +39,7 @@ def _brute(model, dataset, layer, quantile, top_k, threshold=None):
     if threshold is None:
         threshold = np.quantile(maps.reshape(-1, units), 1 - quantile, axis=0)
     concepts = dataset.concepts
-    masks = batch.masks  # world: slot c holds concept c
+    masks = world.generate(dataset.seed, len(dataset), dataset.size).masks()  # (N, 25, H, W)
     inter = np.zeros((units, len(concepts.names)), np.int64)
     union = np.zeros_like(inter)
     for i in range(n):

@@ -59,9 +59,9 @@ from fvjax.rendering.step import device_mesh
 #: objective), ``max``, or the ``center`` position (the ``neuron`` objective).
 SCORES = ("mean", "max", "center")
 #: Candidate thresholds, as multiples of the requested quantile, when the dataset is larger than
-#: the calibration prefix (ratios 2^(j/4): the nearest is within 9% of the request when the
-#: prefix's quantiles are off by up to a factor 2).
-LADDER = tuple(float(2 ** (j / 4)) for j in range(-4, 5))
+#: the calibration prefix: each costs a full count, so three (the nearest realized quantile is
+#: within a factor 1.19 of the request when the prefix's estimate is off by up to 1.41).
+LADDER = (2**-0.5, 1.0, 2**0.5)
 DEFAULT_QUANTILE = 0.005
 
 
@@ -97,6 +97,24 @@ def _score(maps: jax.Array, score: str) -> jax.Array:
     return maps[:, maps.shape[1] // 2, maps.shape[2] // 2]
 
 
+def quantiles(values: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """``(U, K)`` float32: ``np.quantile(values (n, U), levels, axis=0).T`` (linear
+    interpolation), from a partial sort of only the order statistics it needs (measured 3x
+    faster than ``np.quantile`` on InceptionV1's mixed4a: no float64 copy, no full partition).
+
+    >>> quantiles(np.arange(11.0)[:, None], [0.5, 0.95]).tolist()
+    [[5.0, 9.5]]
+    """
+    n = len(values)
+    where = np.asarray(levels, np.float64) * (n - 1)
+    low, high = np.floor(where).astype(np.int64), np.ceil(where).astype(np.int64)
+    ranks = np.unique(np.concatenate([low, high]))
+    ordered = np.partition(values, ranks, axis=0)
+    a, b = ordered[low].astype(np.float64), ordered[high].astype(np.float64)  # (K, U)
+    fraction = (where - low)[:, None]
+    return (a + (b - a) * fraction).T.astype(np.float32)
+
+
 def _host_score(maps: np.ndarray, score: str) -> np.ndarray:
     """:func:`_score` of kept maps, in numpy (the calibration prefix's scores)."""
     maps = np.asarray(maps, np.float64)
@@ -105,6 +123,34 @@ def _host_score(maps: np.ndarray, score: str) -> np.ndarray:
     if score == "max":
         return maps.max(axis=(1, 2))
     return maps[:, maps.shape[1] // 2, maps.shape[2] // 2]
+
+
+def _bilinear(n_in: int, n_out: int) -> jax.Array:
+    """``(n_out, n_in)``: ``jax.image.resize``'s bilinear upsampling along one axis, as a
+    matrix (half-pixel centres, edges held), so a map upsamples as ``Wy @ map @ Wx.T``."""
+    eye = jnp.eye(n_in, dtype=jnp.float32)
+    return jax.vmap(lambda e: jax.image.resize(e, (n_out,), "bilinear"), 1, 1)(eye)
+
+
+def _image_counts(maps, masks, thresholds):
+    """Per image, each slot's pixels active in each unit at each threshold ``(B, M, U, K)``
+    and each unit's active pixels ``(B, U, K)``: the maps upsampled to the masks and
+    thresholded one image at a time (a whole batch's upsampled maps, ``B x P x U`` floats,
+    measured 2.4x slower for InceptionV1's mixed4a at 112 px masks on our CPU)."""
+    b, h, w, u = maps.shape
+    k = thresholds.shape[-1]
+    mask_h, mask_w = masks.shape[-2:]
+    rows, cols = _bilinear(h, mask_h), _bilinear(w, mask_w)
+    hot = masks.reshape(b, masks.shape[1], -1).astype(jnp.float32)  # (B, M, P)
+
+    def one(image):
+        cells, slots = image
+        up = jnp.einsum("Yy,yxu,Xx->YXu", rows, cells, cols).reshape(-1, u)
+        active = (up[..., None] > thresholds).astype(jnp.float32).reshape(-1, u * k)
+        return (slots @ active).reshape(-1, u, k), active.sum(0).reshape(u, k)
+
+    per_slot, counts = jax.lax.map(one, (maps, hot))
+    return per_slot.astype(jnp.int32), counts.astype(jnp.int32)
 
 
 def _layer_batch(
@@ -118,11 +164,8 @@ def _layer_batch(
     k = thresholds.shape[-1]
     n_concepts, g = vocabulary
     if n_concepts:
-        mask_h, mask_w = masks.shape[-2:]
-        up = jax.image.resize(maps, (b, mask_h, mask_w, u), "bilinear").reshape(b, -1, u)
-        active = (up[..., None] > thresholds).astype(jnp.float32)  # (B, P, U, K)
         hot = masks.reshape(b, masks.shape[1], -1).astype(jnp.float32)  # (B, M, P)
-        per_slot = jnp.einsum("bpuk,bmp->bmuk", active, hot).astype(jnp.int32)
+        per_slot, counts = _image_counts(maps, masks, thresholds)  # (B, M, U, K), (B, U, K)
         slot_pixels = hot.sum(-1).astype(jnp.int32) * weight[:, None]  # (B, M)
         concept_id = jnp.where(labels >= 0, labels, n_concepts)  # dump empty slots
         per_slot = per_slot * weight[:, None, None, None]
@@ -137,7 +180,6 @@ def _layer_batch(
         annotated = annotated.at[jnp.arange(b)[:, None], slot_category].max(
             (slot_pixels > 0).astype(jnp.int32)
         )[:, :g]
-        counts = active.sum(1).astype(jnp.int32)  # (B, U, K)
         active_in = jnp.einsum("buk,bg->ukg", counts, annotated * weight[:, None])
     else:
         intersection = jnp.zeros((u, k, 0), jnp.int32)
@@ -314,9 +356,9 @@ def dataset_pass(
     thresholds = {}
     for name in layers:
         values = np.concatenate([m[name] for m in kept])
-        flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
+        flat = values.reshape(-1, values.shape[-1])
         levels = [1.0 - min(quantile * r, 1.0) for r in ratios]
-        found = np.quantile(flat, levels, axis=0).T.astype(np.float32)  # (U, K)
+        found = quantiles(flat, levels)  # (U, K)
         # Ties at the threshold count as active (a saturated unit's top is one value), except
         # at the unit's floor (a ReLU's zeros): ``> nextafter(t, -inf)`` is ``>= t``.
         floor = flat.min(0).astype(np.float32)[:, None]

@@ -11,7 +11,7 @@ compiled pass to one shape whatever each image holds.
 >>> data = world_dataset(seed=0, n=6, size=32)
 >>> batch = next(data.batches(4))
 >>> batch.images.shape, batch.labels.shape, batch.masks.shape
-((4, 32, 32, 3), (4, 25), (4, 25, 32, 32))
+((4, 32, 32, 3), (4, 15), (4, 15, 32, 32))
 >>> data.concepts.names[:2], data.concepts.categories[:2]
 (('disk', 'square'), ('shape', 'colour'))
 """
@@ -104,6 +104,9 @@ def check_batch_size(batch_size: int) -> int:
     return int(batch_size)
 
 
+#: Mask slots of a world image: every concept it can hold at once.
+WORLD_SLOTS = world_lib.MAX_OBJECTS * len(world_lib.CONCEPT_GROUPS)
+
 WORLD_CONCEPTS = Concepts(
     names=world_lib.CONCEPTS,
     categories=tuple(world_lib.CONCEPT_GROUPS),
@@ -117,8 +120,9 @@ WORLD_CONCEPTS = Concepts(
 class WorldDataset:
     """Images ``0 .. n-1`` of ``world.generate(seed, n, size)`` with every concept's mask.
 
-    The slots are the concepts themselves (``M = 25``, slot ``c`` holds concept ``c``), so no
-    image ever runs out of slots.
+    An image holds at most :data:`WORLD_SLOTS` concepts (3 objects, each one concept of each
+    of the 5 categories at most), so its non-empty masks always fit ``M = 15`` slots (fewer
+    slots than the 25 concepts: less work for dissection).
     """
 
     seed: int
@@ -136,22 +140,25 @@ class WorldDataset:
 
     @property
     def slots(self) -> int:
-        return len(self.concepts.names)
+        return WORLD_SLOTS
 
     def __len__(self) -> int:
         return self.n
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[Examples]:
         batch_size = check_batch_size(batch_size)
-        labels = np.arange(self.slots, dtype=np.int32)
         for first in range(start, self.n, batch_size):
             count = min(batch_size, self.n - first)
             world = world_lib.generate(self.seed, count, self.size, start=first)
+            masks = world.masks()  # (n, 25, H, W)
+            present = masks.any(axis=(2, 3))
+            order = np.argsort(~present, axis=1, kind="stable")[:, :WORLD_SLOTS]
+            labels = np.where(np.take_along_axis(present, order, 1), order, -1).astype(np.int32)
             yield Examples(
                 images=world.images,
                 index=np.arange(first, first + count, dtype=np.int64),
-                labels=np.broadcast_to(labels, (count, self.slots)),
-                masks=world.masks(),
+                labels=labels,
+                masks=np.take_along_axis(masks, order[:, :, None, None], 1),
             )
 
     def images(self, indices: Sequence[int]) -> np.ndarray:
