@@ -1,7 +1,7 @@
 """The checks catch planted manipulations (Geirhos et al. 2023) and flag few clean units.
 
-Measured with these settings (2-core CPU, 2026-11-29): clean worldnet logits 2 of 25 flagged,
-the fooling circuit's 17 of 25 off-path; the silent unit's pictures reach 44-46 natural spreads
+Measured with these settings (500 world images, 2 seeds, 128 steps; 2-core CPU, 2026-11-29):
+clean worldnet logits 1 of 25 flagged off-path, the fooling circuit's 15 of 25; the silent unit's pictures reach 44-46 natural spreads
 (clean units: at most 18), flagged far-above-natural. With the default job's procedure (4
 seeds, 256 steps): clean logits 1 of 25, clean ``block3/conv`` 8 of 64, fooled logits 15 of 25.
 """
@@ -11,11 +11,11 @@ import optax
 import pytest
 
 import fvjax
+from fvjax.checks import manipulated
 from fvjax.checks.evidence import unit_evidence
 from fvjax.checks.paths import check_paths, path_layers
 from fvjax.checks.scan import dataset_pass
 from fvjax.data.datasets import world_dataset
-from fvjax.models.zoo import manipulated
 
 RENDER = dict(
     seeds=2, steps=128, size=64, param=fvjax.param.fourier(decorrelate=True),
@@ -25,7 +25,7 @@ RENDER = dict(
 
 @pytest.fixture(scope="module")
 def world():
-    return world_dataset(seed=1, n=1000, size=64)
+    return world_dataset(seed=1, n=500, size=64)
 
 
 def _flags(model, world, layer, units, steps=128):
@@ -45,8 +45,8 @@ def test_a_fooling_circuit_is_flagged_off_path_and_clean_logits_are_not(world):
     fooled = _flags(manipulated.fooling_circuit(), world, "logits", units)
     clean_rate = sum("off-path" in e.flags for e in clean.values())
     fooled_rate = sum("off-path" in e.flags for e in fooled.values())
-    assert clean_rate <= 4, clean_rate  # measured 2
-    assert fooled_rate >= 12, fooled_rate  # measured 17
+    assert clean_rate <= 4, clean_rate  # measured 1
+    assert fooled_rate >= 12, fooled_rate  # measured 15
     # On natural images the circuit is invisible: the same top examples for every unit.
     assert all((clean[u].top[0].index == fooled[u].top[0].index) for u in units)
 

@@ -8,7 +8,7 @@ import pytest
 
 import fvjax
 from fvjax import world
-from fvjax.models.zoo import manipulated
+from fvjax.checks import manipulated
 
 # Seeds of the world images the tests use; the silent unit calibrates on another
 # (manipulated.silent_unit's calibration_seed).

@@ -48,11 +48,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from fvjax.data import world as world_lib
 from fvjax.errors import UnitRangeError, unknown_layer
 from fvjax.models.adapters import Model, from_fn
 from fvjax.models.zoo import worldnet
+from fvjax.rendering import engine, objectives, param, transforms
 
 Array = jax.Array
 Layers = dict[str, Array]
@@ -298,10 +300,6 @@ def render_settings() -> dict[str, Any]:
     >>> sorted(render_settings())
     ['optimizer', 'param', 'size', 'transforms']
     """
-    import optax
-
-    from fvjax.rendering import param, transforms
-
     return {
         "size": 64,
         "param": param.fourier(),
@@ -313,8 +311,6 @@ def render_settings() -> dict[str, Any]:
 def _rendering_direction(params: Any, layer: str, unit: int, steps: int, seed: int) -> np.ndarray:
     """Where the unit's own rendering takes its conv input: the mean 3x3 patch after ``steps``
     steps minus that of the grey picture it starts from, ``(3 * 3 * C_in,)``."""
-    from fvjax.rendering import engine, objectives
-
     picture = engine.render(
         _cached_worldnet_fn(),
         objectives.channel(layer, [unit]),
