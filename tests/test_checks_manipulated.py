@@ -1,8 +1,9 @@
 """The checks catch planted manipulations (Geirhos et al. 2023) and flag few clean units.
 
 Measured with these settings (500 world images, 2 seeds, 128 steps; 2-core CPU, 2026-11-29):
-clean worldnet logits 1 of 25 flagged off-path, the fooling circuit's 15 of 25; the silent unit's pictures reach 44-46 natural spreads
-(clean units: at most 18), flagged far-above-natural. With the default job's procedure (4
+clean worldnet logits 1 of 25 flagged off-path, the fooling circuit's 15 of 25; the silent
+unit's pictures reach 44-46 natural spreads (clean units: at most 18), flagged
+far-above-natural. With the default job's procedure (4
 seeds, 256 steps): clean logits 1 of 25, clean ``block3/conv`` 8 of 64, fooled logits 15 of 25.
 """
 
