@@ -40,10 +40,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_sharded_over_8_devices_equals_one_device(tmp_path):
-    script = tmp_path / "devices.py"
-    script.write_text(SCRIPT)
+def _on_8_devices(tmp_path: Path, source: str) -> dict:
+    """Run ``source`` in a fresh Python that sees 8 CPU devices; its last line, as JSON."""
+    script = tmp_path / "on_8_devices.py"
+    script.write_text(source)
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=8",
@@ -54,7 +54,12 @@ def test_sharded_over_8_devices_equals_one_device(tmp_path):
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_sharded_over_8_devices_equals_one_device(tmp_path):
+    found = _on_8_devices(tmp_path, SCRIPT)
     assert found["mesh"] == 8
     assert found["max_diff_8"] < 1e-5 and found["max_diff_4"] < 1e-5
     assert found["act_diff_8"] < 1e-5
@@ -91,17 +96,5 @@ PASS_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_the_dataset_pass_over_8_devices_equals_one_device(tmp_path):
-    script = tmp_path / "dataset_pass.py"
-    script.write_text(PASS_SCRIPT)
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(Path(fvjax.__file__).parents[1]),
-    )
-    done = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    same = json.loads(done.stdout.strip().splitlines()[-1])
+    same = _on_8_devices(tmp_path, PASS_SCRIPT)
     assert all(same.values()), same

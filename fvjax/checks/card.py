@@ -122,8 +122,10 @@ def svg_lines(
     height: int = 150,
     title: str = "",
     x_labels: Sequence[str] | None = None,
+    legend: int = 0,
 ) -> str:
-    """A line per ``(name, values)`` on shared axes (the optimization curve, the path plot).
+    """A line per ``(name, values)`` on shared axes (the optimization curve, the path plot);
+    ``legend`` pixels on the right hold the names (0: written over the plot's top right).
 
     >>> svg_lines([("seed 0", [0.0, 1.0, 2.0])], title="curve").count("<polyline")
     1
@@ -133,7 +135,7 @@ def svg_lines(
     if high <= low:
         high = low + 1.0
     n = max((len(values) for _, values in series), default=1)
-    x = _x_scale(0, max(n - 1, 1), 40, width - 10)
+    x = _x_scale(0, max(n - 1, 1), 40, width - 10 - legend)
     base = height - 30
 
     def y(v: float) -> float:
@@ -157,10 +159,11 @@ def svg_lines(
             f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="1.8">'
             f"<title>{html.escape(name)}</title></polyline>"
         )
-        parts.append(
-            f'<text x="{width - 12}" y="{24 + 12 * i}" font-size="10" fill="{colour}" '
-            f'text-anchor="end">{html.escape(name)}</text>'
-        )
+        if legend:
+            spot = f'x="{width - legend + 4}" y="{24 + 14 * i}" text-anchor="start"'
+        else:
+            spot = f'x="{width - 12}" y="{24 + 12 * i}" text-anchor="end"'
+        parts.append(f'<text {spot} font-size="10" fill="{colour}">{html.escape(name)}</text>')
     for j, label in enumerate(x_labels or ()):
         parts.append(  # staggered, so long layer names do not overlap
             f'<text x="{x(j):.1f}" y="{height - 14 + 9 * (j % 2)}" font-size="9" fill="#555" '

@@ -103,7 +103,8 @@ class PathCheck(NamedTuple):
             ],
             title="Spearman correlation of channel means, layer by layer",
             x_labels=self.layers,
-            width=520,
+            width=760,
+            legend=270,
         )
 
 
