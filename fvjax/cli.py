@@ -43,6 +43,8 @@ def _render(args: argparse.Namespace) -> int:
         f"wrote {len(manifest['images'])} pictures of {len(manifest['layers'])} layer(s) "
         f"to {out} in {seconds:.1f} s"
     )
+    if "checks" in manifest:
+        _say_checked(manifest)
     print(f"gallery: {out / INDEX}")
     return 0
 
@@ -50,16 +52,20 @@ def _render(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     config = config_lib.load(args.config, args.overrides)
     manifest = check(config)
-    out = Path(config.output).resolve()
-    layers = manifest["checks"]["layers"]
-    units = sum(len(layer["units"]) for layer in layers.values())
-    flagged = sum(bool(u["flags"]) for layer in layers.values() for u in layer["units"].values())
-    print(
-        f"checked {units} unit(s) of {len(layers)} layer(s) against "
-        f"{manifest['checks']['dataset']}: {flagged} flagged; a card per unit"
-    )
-    print(f"gallery: {out / INDEX}")
+    _say_checked(manifest)
+    print(f"gallery: {Path(config.output).resolve() / INDEX}")
     return 0
+
+
+def _say_checked(manifest: dict) -> None:
+    checks = manifest["checks"]
+    layers = checks["layers"].values()
+    units = sum(len(layer["units"]) for layer in layers)
+    flagged = sum(bool(u["flags"]) for layer in layers for u in layer["units"].values())
+    print(
+        f"checked {units} unit(s) of {len(checks['layers'])} layer(s) against "
+        f"{checks['dataset']} in {checks['seconds']:.1f} s: {flagged} flagged; a card per unit"
+    )
 
 
 def _layers(args: argparse.Namespace) -> int:

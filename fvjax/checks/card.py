@@ -97,11 +97,11 @@ def svg_histogram(
             f'height="{base - top:.1f}" fill="#90a4ae"/>'
         )
     parts.append(f'<line x1="30" y1="{base}" x2="{width - 10}" y2="{base}" stroke="#999"/>')
-    for value in (low, 0.0, high):
+    for value, anchor in ((low, "start"), (0.0, "middle"), (high, "end")):
         if low <= value <= high:
             parts.append(
                 f'<text x="{x(value):.1f}" y="{height - 6}" font-size="10" fill="#555" '
-                f'text-anchor="middle">{value:.3g}</text>'
+                f'text-anchor="{anchor}">{value:.3g}</text>'
             )
     for i, (value, label) in enumerate(marks):
         if not np.isfinite(value):
@@ -256,6 +256,8 @@ def unit_card_html(
             svg_lines(
                 [(f"seed {s}", history[:, i]) for i, s in enumerate(e.seeds)],
                 title="objective along the optimization",
+                width=480,
+                legend=60,
             )
         )
     out.append("<h3>Scale</h3>" + "".join(charts))

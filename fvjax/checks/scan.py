@@ -348,7 +348,7 @@ def dataset_pass(
         calibrated += n
         kept_bytes += sum(value.nbytes for value in maps.values())
         if progress is not None:
-            progress.update(n, note="calibrating")
+            progress.update(n, note="read")
         if kept_bytes >= calibration_bytes:
             break
     exact = calibrated == len(dataset)
@@ -405,7 +405,7 @@ def dataset_pass(
                 category,
             )
             if progress is not None:
-                progress.update(n, note="counting")
+                progress.update(n, note="read")
         for name in layers:
             running[name].add(jax.device_get(out[name]), examples.index, n)
         seen += n

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -172,6 +173,7 @@ def _write_cards(
 def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, Any]:
     """Run the ``[checks]`` of ``config`` over its finished render; returns the manifest."""
     stream = stream if stream is not None else sys.stderr
+    start = time.perf_counter()
     c = config.checks
     out, manifest = _read_render(config)
     entries = _layers(config, manifest)
@@ -231,6 +233,7 @@ def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, 
                 svg_bars(counts, title=f"{layer}: units detecting a concept, by category"),
             )
         section["layers"][layer] = summary
+    section["seconds"] = round(time.perf_counter() - start, 3)
     manifest["checks"] = section
     atomic_write(out / gallery.MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
     gallery.write_pages(out, manifest)
