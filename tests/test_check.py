@@ -156,3 +156,21 @@ def test_checking_with_another_jobs_config_is_an_error(tmp_path):
     manifest = check(_config(tmp_path, layers=["block3"], checks=unmasked))
     assert "concept" not in manifest["checks"]["layers"]["block3"]["units"]["0"]
     assert cli.main(["check", "--config", _toml(tmp_path, _config(tmp_path, steps=9))]) == 2
+
+
+def test_a_units_evidence_shows_itself_in_a_notebook():
+    from fvjax.checks import dataset_pass, unit_evidence
+    from fvjax.data import world_dataset
+    from fvjax.models import zoo
+    from fvjax.rendering.engine import render
+    from fvjax.rendering.objectives import channel
+
+    model, data = zoo.load("tiny"), world_dataset(seed=0, n=24, size=32)
+    stats = dataset_pass(model, data, ["block2"], top_k=3)["block2"]
+    result = render(model, channel("block2", [0, 1]), seeds=2, steps=3, size=32)
+    cards = unit_evidence(model, data, stats, [0, 1], result.activations, result.seeds,
+                          pictures=result.images, history=result.history)  # fmt: skip
+    page = cards[1]._repr_html_()
+    # Two pictures and 3 examples (crop and map each) embedded, no file needed.
+    assert page.count('src="data:image/png;base64,') == 2 + 2 * 3
+    assert page.count("<svg") >= 2 and "block2 unit 1" in page
