@@ -76,6 +76,10 @@ def test_layer_pages_link_every_tile_to_its_card(checked):
     out, manifest = checked
     page = (out / manifest["layers"][0]["slug"] / "index.html").read_text()
     assert page.count('href="units/unit') == 3
+    assert (
+        '<img src="concepts.svg"' in page
+        and (out / manifest["layers"][0]["slug"] / "concepts.svg").is_file()
+    )
     assert "checked:" in (out / "index.html").read_text()
 
 

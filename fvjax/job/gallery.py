@@ -245,6 +245,10 @@ def layer_page(
             )
             + "</p>\n<p>Click a unit for its card: natural examples, concepts, scale, path.</p>"
         )
+        if "concepts_svg" in checks:  # the layer's detectors, by category
+            views += (
+                '\n<p><img src="concepts.svg" alt="units detecting a concept, by category"></p>'
+            )
     header = (
         f'<p><a href="../{INDEX}">&larr; all layers</a></p>\n'
         f"<h1>{html.escape(layer['layer'])}</h1>\n"
