@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from fvjax.data.images import png_bytes
 
 #: ``src(name, image) -> str``: where a card finds an image (a file it wrote, or a data URI).
 ImageSource = Callable[[str, np.ndarray], str]
@@ -50,10 +50,7 @@ def png_data_uri(image: np.ndarray) -> str:
     >>> png_data_uri(np.zeros((2, 2, 3)))[:22]
     'data:image/png;base64,'
     """
-    buffer = io.BytesIO()
-    pixels = np.clip(np.round(np.asarray(image, np.float64) * 255), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def inline_source(name: str, image: np.ndarray) -> str:

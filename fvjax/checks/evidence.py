@@ -23,16 +23,15 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
 from fvjax.checks.card import unit_card_html
 from fvjax.checks.dissection import DETECTOR_IOU, UnitLabel, label_units
 from fvjax.checks.receptive import ReceptiveField, crop, heat_overlay, receptive_field
+from fvjax.checks.scan import forward_maps
 from fvjax.checks.statistics import LayerStatistics
 from fvjax.data.datasets import Dataset
 from fvjax.models.adapters import Model
@@ -157,12 +156,6 @@ def flags_for(reaches: np.ndarray, far_above: float = FAR_ABOVE) -> tuple[str, .
     return ("far-above-natural",) if np.all(reaches > far_above) else ()
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _layer_maps(apply, layer, params, images):
-    out = apply(params, images)[layer]
-    return out if out.ndim == 4 else out[:, None, None, :]
-
-
 def _examples(
     model: Model,
     dataset: Dataset,
@@ -179,7 +172,8 @@ def _examples(
     for start in range(0, len(wanted), batch_size):
         chunk = wanted[start : start + batch_size]
         pixels = dataset.images(chunk)
-        out = np.asarray(_layer_maps(model.apply, stats.layer, model.params, pixels))
+        layers = (stats.layer,)
+        out = np.asarray(forward_maps(model.apply, layers, model.params, pixels)[stats.layer])
         for i, index in enumerate(chunk):
             images[index], maps[index] = pixels[i], out[i]
     found = {}

@@ -90,6 +90,7 @@ def _as_maps(activations: jax.Array) -> jax.Array:
 
 
 def _score(maps: jax.Array, score: str) -> jax.Array:
+    """``(B, U)`` per-image score of ``(B, h, w, U)`` maps (jax or numpy arrays alike)."""
     if score == "mean":
         return maps.mean(axis=(1, 2))
     if score == "max":
@@ -113,16 +114,6 @@ def quantiles(values: np.ndarray, levels: Sequence[float]) -> np.ndarray:
     a, b = ordered[low].astype(np.float64), ordered[high].astype(np.float64)  # (K, U)
     fraction = (where - low)[:, None]
     return (a + (b - a) * fraction).T.astype(np.float32)
-
-
-def _host_score(maps: np.ndarray, score: str) -> np.ndarray:
-    """:func:`_score` of kept maps, in numpy (the calibration prefix's scores)."""
-    maps = np.asarray(maps, np.float64)
-    if score == "mean":
-        return maps.mean(axis=(1, 2))
-    if score == "max":
-        return maps.max(axis=(1, 2))
-    return maps[:, maps.shape[1] // 2, maps.shape[2] // 2]
 
 
 def _bilinear(n_in: int, n_out: int) -> jax.Array:
@@ -169,9 +160,8 @@ def _layer_batch(
     k = thresholds.shape[-1]
     n_concepts, g = vocabulary
     if n_concepts:
-        hot = masks.reshape(b, masks.shape[1], -1).astype(jnp.float32)  # (B, M, P)
         per_slot, counts = _image_counts(maps, masks, thresholds)  # (B, M, U, K), (B, U, K)
-        slot_pixels = hot.sum(-1).astype(jnp.int32) * weight[:, None]  # (B, M)
+        slot_pixels = masks.sum(axis=(2, 3), dtype=jnp.int32) * weight[:, None]  # (B, M)
         concept_id = jnp.where(labels >= 0, labels, n_concepts)  # dump empty slots
         per_slot = per_slot * weight[:, None, None, None]
         intersection = jax.ops.segment_sum(
@@ -240,7 +230,9 @@ def _maps(apply, layers, params, images):
     return {name: _as_maps(activations[name]) for name in layers}
 
 
-_forward = jax.jit(_maps, static_argnums=(0, 1))
+#: ``forward_maps(apply, layers, params, images) -> {layer: (B, h, w, U)}``, compiled (a dense
+#: layer as ``1 x 1`` maps): the model's forward pass as every check reads it.
+forward_maps = jax.jit(_maps, static_argnums=(0, 1))
 _count = jax.jit(_counts, static_argnums=(0, 1, 2, 3))
 
 
@@ -347,7 +339,7 @@ def dataset_pass(
     kept_bytes, calibrated = 0, 0
     for examples in dataset.batches(batch_size):
         images, valid, labels, masks, n = _padded(examples, batch_size, slots, dataset.mask_size)
-        maps = _forward(model.apply, layers, model.params, images)
+        maps = forward_maps(model.apply, layers, model.params, images)
         maps = {name: np.asarray(value[:n]) for name, value in maps.items()}
         kept.append(maps)
         calibrated += n
@@ -371,12 +363,14 @@ def dataset_pass(
         thresholds[name] = np.where(found > floor, lowered, found)
     running = {
         name: Fold(
-            score_edges(np.concatenate([_host_score(m[name], score) for m in kept]), bins),
+            score_edges(
+                np.concatenate([_score(m[name].astype(np.float64), score) for m in kept]), bins
+            ),
             top_k,
             len(ratios),
             n_concepts,
             groups,
-        )  # fmt: skip
+        )
         for name in layers
     }
 

@@ -81,7 +81,6 @@ class LayerStatistics(NamedTuple):
         """The fraction of natural images scoring at least ``value`` on ``unit``, and the
         bound on its error: exact (error 0) within the top-k and above the maximum, else read
         from the histogram (error: the fraction in ``value``'s bin).
-
         """
         n = max(self.n_images, 1)
         top = self.top_value[unit][self.top_index[unit] >= 0]
@@ -175,6 +174,8 @@ def histogram(score: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def finish(name, score, shape, running: Fold, thresholds, quantile, exact, concepts, n):
+    """The :class:`LayerStatistics` of a finished fold: per unit, the threshold whose realized
+    quantile is nearest ``quantile``, its counts, and the examples with ``(y, x)`` positions."""
     h, w = (shape[0], shape[1]) if len(shape) == 3 else (1, 1)
     realized = running.above / float(n * h * w)  # (U, K)
     with np.errstate(divide="ignore"):

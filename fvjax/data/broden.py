@@ -31,7 +31,7 @@ from PIL import Image
 
 from fvjax.data import world as world_lib
 from fvjax.data.datasets import Concepts, Examples, check_batch_size, checked_indices
-from fvjax.data.images import as_size, load_image
+from fvjax.data.images import as_size, load_image, to_uint8
 from fvjax.errors import ArgumentError, ConceptDatasetError, did_you_mean
 from fvjax.files import write_directory
 
@@ -94,8 +94,7 @@ def write_broden(
             masks = world.masks()
             for j, image in enumerate(world.images):
                 stem = f"{start + j:0{digits}d}"
-                pixels = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels, "RGB").save(folder / f"{stem}.png")
+                Image.fromarray(to_uint8(image), "RGB").save(folder / f"{stem}.png")
                 row = {"image": f"world/{stem}.png", "split": "train", "ih": size[0]}
                 row |= {"iw": size[1], "sh": mask_size[0], "sw": mask_size[1]}
                 for group, (low, high) in spans.items():

@@ -16,6 +16,7 @@ resized so they cover ``size`` and then centre-cropped to it.
 from __future__ import annotations
 
 import dataclasses
+import io
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +82,37 @@ def rgb_array(image: Image.Image) -> np.ndarray:
     rgba = np.asarray(image.convert("RGBA"), np.float32) / 255
     alpha = rgba[..., 3:]
     return rgba[..., :3] * alpha + (1.0 - alpha)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as it is, ``(h, w, 3)`` float32 RGB in [0, 1] (no resizing).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "a.png"
+    >>> Image.new("RGB", (3, 2), (255, 0, 0)).save(path)
+    >>> read_rgb(path)[0, 0].tolist()
+    [1.0, 0.0, 0.0]
+    """
+    with Image.open(path) as image:
+        return rgb_array(image)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float pictures in [0, 1] to ``uint8`` (rounded, clipped).
+
+    >>> to_uint8(np.array([0.0, 0.5, 1.2])).tolist()
+    [0, 128, 255]
+    """
+    return np.clip(np.round(np.asarray(image, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of an ``(H, W, 3)`` picture (float in [0, 1] or ``uint8``)."""
+    image = np.asarray(image)
+    pixels = image if image.dtype == np.uint8 else to_uint8(image)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def resize_and_crop(rgb: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

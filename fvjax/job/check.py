@@ -24,14 +24,12 @@ pages again, every file atomically.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from PIL import Image
 
 from fvjax.checks.card import svg_bars, unit_card_html
 from fvjax.checks.dissection import detectors_by_category, label_units
@@ -40,11 +38,12 @@ from fvjax.checks.paths import check_paths, path_layers
 from fvjax.checks.scan import dataset_pass
 from fvjax.data.broden import load_broden
 from fvjax.data.datasets import Dataset, folder_dataset, world_dataset
+from fvjax.data.images import png_bytes, read_rgb
 from fvjax.errors import ConceptDatasetError, ConfigError
 from fvjax.files import atomic_write
 from fvjax.job import config as config_lib
 from fvjax.job import gallery
-from fvjax.job.outputs import HISTORY, png_bytes, read_manifest
+from fvjax.job.outputs import HISTORY, read_manifest, write_manifest
 from fvjax.job.plan import build_model, build_plan
 from fvjax.models.adapters import Model
 from fvjax.progress import Progress
@@ -111,8 +110,7 @@ def _pictures(out: Path, entry: dict, images: list[dict]) -> tuple[np.ndarray, .
     for i, unit in enumerate(units):
         for j, seed in enumerate(seeds):
             image = where[(unit, seed)]
-            with Image.open(out / image["file"]) as png:
-                pictures[i, j] = np.asarray(png.convert("RGB"), np.float32) / 255.0
+            pictures[i, j] = read_rgb(out / image["file"])
             values[i, j] = image["activation"]
     history_file = out / entry["slug"] / HISTORY
     history = np.load(history_file) if history_file.exists() else None
@@ -235,6 +233,6 @@ def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, 
         section["layers"][layer] = summary
     section["seconds"] = round(time.perf_counter() - start, 3)
     manifest["checks"] = section
-    atomic_write(out / gallery.MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
+    write_manifest(out, manifest)
     gallery.write_pages(out, manifest)
     return manifest

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fvjax.data.images import png_bytes, to_uint8
 from fvjax.files import atomic_write, backend, versions
 from fvjax.job.gallery import GRID, INDEX, MANIFEST, index_page, layer_page
 from fvjax.rendering.engine import RenderResult
@@ -52,24 +53,6 @@ HISTORY = "history.npy"
 _RESERVED = {MANIFEST, INDEX}
 
 # -- pictures -----------------------------------------------------------------------------------
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Float pictures in [0, 1] to ``uint8`` (rounded, clipped).
-
-    >>> to_uint8(np.array([0.0, 0.5, 1.2])).tolist()
-    [0, 128, 255]
-    """
-    return np.clip(np.round(np.asarray(image, np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """PNG encoding of an ``(H, W, 3)`` picture (float in [0, 1] or ``uint8``)."""
-    image = np.asarray(image)
-    pixels = image if image.dtype == np.uint8 else to_uint8(image)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
@@ -277,7 +260,7 @@ class RenderOutput:
 
     def _write_index(self) -> None:
         manifest = self.manifest()
-        atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
+        write_manifest(self.path, manifest)
         atomic_write(self.path / INDEX, index_page(manifest))
 
     def finish(self, **timings: float) -> dict[str, Any]:
@@ -286,6 +269,11 @@ class RenderOutput:
         self.timings.update({k: float(v) for k, v in timings.items()})
         self._write_index()
         return self.manifest()
+
+
+def write_manifest(path: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
+    """``path/manifest.json``, atomically (no NaN: the manifest is strict JSON)."""
+    return atomic_write(Path(path) / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

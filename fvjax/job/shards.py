@@ -28,8 +28,8 @@ import jax
 import numpy as np
 from jax._src import distributed
 from jax.experimental import multihost_utils
-from PIL import Image
 
+from fvjax.data.images import read_rgb
 from fvjax.errors import ShardError
 from fvjax.files import data_sha256
 from fvjax.job.config import identity
@@ -82,11 +82,6 @@ def initialize_distributed() -> None:
 def wait_for_all(name: str) -> None:
     """Block until every process of a distributed job gets here."""
     multihost_utils.sync_global_devices(name)
-
-
-def _read_png(path: Path) -> np.ndarray:
-    with Image.open(path) as png:
-        return np.asarray(png.convert("RGB"), np.float32) / 255.0
 
 
 def _shards(path: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -176,7 +171,7 @@ def _merged_layer(
     seeds = entry["seeds"]
     pictures = np.stack(
         [
-            np.stack([_read_png(d / images[unit, seed]["file"]) for seed in seeds])
+            np.stack([read_rgb(d / images[unit, seed]["file"]) for seed in seeds])
             for _, unit, d, images in rows
         ]
     )
