@@ -228,7 +228,13 @@ def _padded(examples: Examples, batch_size: int, slots: int, mask_size) -> tuple
     if slots == 0:
         labels = np.zeros((n, 0), np.int32)
         masks = np.zeros((n, 0, *mask_size), bool)
-    return grow(examples.images.astype(np.float32, copy=False)), valid, grow(labels, -1), grow(masks), n
+    return (
+        grow(examples.images.astype(np.float32, copy=False)),
+        valid,
+        grow(labels, -1),
+        grow(masks),
+        n,
+    )
 
 
 def dataset_pass(
