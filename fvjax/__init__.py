@@ -31,11 +31,14 @@ from fvjax.errors import (
 from fvjax.files import FVJAX_VERSION as __version__
 from fvjax.models import Model, from_fn, from_linen, from_nnx, zoo
 from fvjax.rendering import objectives, param, transforms
+from fvjax.rendering.seeds import Diversity, Guide
 from fvjax.rendering.engine import RenderResult, render, render_layer
 
 __all__ = [
     "ConfigError",
+    "Diversity",
     "FvjaxError",
+    "Guide",
     "ImageSizeError",
     "Model",
     "NonFiniteError",

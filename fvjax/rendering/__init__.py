@@ -3,13 +3,14 @@
 - :mod:`~fvjax.rendering.objectives`: what a picture maximizes (pure, composable pytrees);
 - :mod:`~fvjax.rendering.param`: how a picture is parameterized (pixels, Fourier);
 - :mod:`~fvjax.rendering.transforms`: the per-image robustness transforms;
+- :mod:`~fvjax.rendering.seeds`: what ties a unit's seeds together (diversity, facet guides);
 - :mod:`~fvjax.rendering.step`: the compiled optimization step over a batch of pictures;
 - :mod:`~fvjax.rendering.engine`: chunks of that program, planned then run (:func:`render`);
 - :mod:`~fvjax.rendering.resume`: the checkpoints a killed render resumes from;
 - :mod:`~fvjax.rendering.cost`: what a step costs, compiled but not run (for benchmarks).
 """
 
-from fvjax.rendering import objectives, param, transforms
+from fvjax.rendering import objectives, param, seeds, transforms
 from fvjax.rendering.engine import (
     RenderPlan,
     RenderResult,
@@ -28,5 +29,6 @@ __all__ = [
     "render",
     "render_layer",
     "run_plan",
+    "seeds",
     "transforms",
 ]

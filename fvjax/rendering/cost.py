@@ -56,7 +56,8 @@ def lower_step(
     """
     setup = make_setup(model, objective, size, param, transforms, optimizer, model_dtype, remat)
     state, chunk_objective, keys, params = _abstract_step(setup, model, objective, batch)
-    return run_steps.lower(setup, 1, state, chunk_objective, keys, params)
+    none = jax.ShapeDtypeStruct((keys.shape[0], 0), jnp.float32)  # no guide
+    return run_steps.lower(setup, 1, state, chunk_objective, keys, params, none)
 
 
 def compile_step(model: Model, objective: Objective, **kwargs: Any) -> jax.stages.Compiled:
@@ -117,7 +118,9 @@ def residual_bytes(
     state, chunk_objective, keys, params = _abstract_step(setup, model, objective, batch)
 
     def backward(raw: Any, objective: Any, keys: Array, params: Any, step: Array) -> Any:
-        return jax.vjp(picture_loss(setup, objective, keys, params, step), raw, has_aux=True)[1]
+        none = jnp.zeros((batch, 0), jnp.float32)  # no guide
+        loss = picture_loss(setup, objective, keys, params, step, none)
+        return jax.vjp(loss, raw, has_aux=True)[1]
 
     saved = jax.eval_shape(backward, state.raw, chunk_objective, keys, params, state.step)
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(saved))

@@ -21,6 +21,7 @@ both, and :func:`render_layer` renders every unit of a layer.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -35,6 +36,7 @@ from fvjax.models.adapters import Model
 from fvjax.progress import Progress
 from fvjax.rendering import objectives as objectives_lib
 from fvjax.rendering.resume import ResumeStore
+from fvjax.rendering.seeds import Diversity, Guide
 from fvjax.rendering.step import (
     Setup,
     default_steps_per_call,
@@ -82,7 +84,8 @@ class RenderPlan:
 
     Images are unit-major (image ``i`` is unit ``i // len(seeds)``, seed ``i % len(seeds)``)
     and go through the program ``chunk`` at a time; the last chunk is padded, so there is one
-    compilation whatever the number of units.
+    compilation whatever the number of units. With diversity, a chunk (and each device's
+    share of it) holds whole units, and the padding repeats the last unit's seeds.
     """
 
     model: Model
@@ -93,6 +96,7 @@ class RenderPlan:
     steps_per_call: int
     chunk: int
     n_chunks: int
+    directions: np.ndarray | None = None  # (units, seeds, C): the guide's, if any
 
     @property
     def n_images(self) -> int:
@@ -125,19 +129,49 @@ class RenderPlan:
             "devices": self.n_devices,
             "model_dtype": self.setup.model_dtype,
             "remat": self.setup.remat,
+            **_coupling_identity(self.setup, self.directions),
         }
 
 
-def plan_chunks(n_items: int, batch_size: int | None, n_devices: int = 1) -> tuple[int, int]:
-    """``(chunk, n_chunks)``: images per compiled chunk (a multiple of ``n_devices``, so every
-    device gets the same share) and how many chunks cover ``n_items``.
+def _coupling_identity(setup: Setup, directions: np.ndarray | None) -> dict[str, Any]:
+    """The seeds' terms in a render's identity (absent when unused: older checkpoints match)."""
+    out: dict[str, Any] = {}
+    if setup.diversity is not None:
+        out["diversity"] = [setup.diversity.layer, setup.diversity.weight]
+    if setup.guide is not None:
+        digest = hashlib.sha256(np.ascontiguousarray(directions, np.float32).tobytes())
+        out["guide"] = [setup.guide.layer, setup.guide.weight, digest.hexdigest()[:16]]
+    return out
+
+
+def plan_chunks(
+    n_items: int, batch_size: int | None, n_devices: int = 1, group: int = 1
+) -> tuple[int, int]:
+    """``(chunk, n_chunks)``: images per compiled chunk (a multiple of ``group * n_devices``,
+    so every device gets the same share of whole groups) and how many chunks cover
+    ``n_items`` (a multiple of ``group``).
 
     >>> plan_chunks(10, 4, n_devices=3)
     (6, 2)
+    >>> plan_chunks(12, 5, group=4)  # a unit's 4 seeds never split
+    (8, 2)
     """
+    whole = group * n_devices
     chunk = min(batch_size or n_items, n_items)
-    chunk = -(-chunk // n_devices) * n_devices
+    chunk = -(-chunk // whole) * whole
     return chunk, -(-n_items // chunk)
+
+
+def chunk_index(c: int, chunk: int, n_items: int, group: int = 1) -> np.ndarray:
+    """The images of chunk ``c``; past the last image, the last group again (same shape, same
+    program; a unit's padded copies stay a whole group for diversity).
+
+    >>> chunk_index(1, 4, 6, group=2).tolist()
+    [4, 5, 4, 5]
+    """
+    index = np.arange(c * chunk, (c + 1) * chunk)
+    past = index >= n_items
+    return np.where(past, n_items - group + (index - n_items) % group, index)
 
 
 def plan_render(
@@ -155,6 +189,9 @@ def plan_render(
     devices: int | Sequence[Any] | None = None,
     model_dtype: str = "float32",
     remat: str = "none",
+    diversity: Diversity | None = None,
+    guide: Guide | None = None,
+    directions: Any = None,
 ) -> RenderPlan:
     """Check a render's arguments and lay out its work (the arguments are :func:`render`'s).
 
@@ -167,10 +204,23 @@ def plan_render(
         raise ArgumentError(f"steps must be at least 1, got {steps}")
     mesh = device_mesh(devices)
     setup = make_setup(
-        model, objective, size, param, transforms, optimizer, model_dtype, remat, mesh
+        model,
+        objective,
+        size,
+        param,
+        transforms,
+        optimizer,
+        model_dtype,
+        remat,
+        mesh,
+        diversity,
+        guide,
+        len(seeds) if diversity is not None else 1,
     )
+    n_units = len(objective.unit_ids())
+    directions = _checked_directions(model, setup, directions, (n_units, len(seeds)))
     n_devices = 1 if mesh is None else mesh.size
-    chunk, n_chunks = plan_chunks(len(objective.unit_ids()) * len(seeds), batch_size, n_devices)
+    chunk, n_chunks = plan_chunks(n_units * len(seeds), batch_size, n_devices, setup.group)
     return RenderPlan(
         model=model,
         objective=objective,
@@ -180,7 +230,29 @@ def plan_render(
         steps_per_call=min(steps_per_call or default_steps_per_call(), steps),
         chunk=chunk,
         n_chunks=n_chunks,
+        directions=directions,
     )
+
+
+def _checked_directions(model: Model, setup: Setup, directions: Any, shape: tuple) -> Any:
+    """The guide's directions as ``(units, seeds, C)`` float32, checked against its layer."""
+    if setup.guide is None:
+        if directions is not None:
+            raise ArgumentError("directions steer pictures only with a guide=Guide(layer, ...)")
+        return None
+    channels = model.check_layer(setup.guide.layer, setup.size)[-1]
+    want = (*shape, channels)
+    if directions is None:
+        raise ArgumentError(f"guide={setup.guide} needs directions of shape {want}")
+    directions = np.asarray(directions, np.float32)
+    if directions.shape != want:
+        raise ArgumentError(
+            f"directions must have shape (units, seeds, channels of {setup.guide.layer!r}) = "
+            f"{want}, got {directions.shape}"
+        )
+    if not np.isfinite(directions).all():
+        raise ArgumentError("directions must be finite")
+    return directions
 
 
 def run_plan(
@@ -217,9 +289,14 @@ def run_plan(
     finished = set(store.finished_chunks()) if store else set()
     first_call = None
     chunk, n_chunks = plan.chunk, plan.n_chunks
+    group = plan.setup.group
+    directions = (
+        np.zeros((n_items, 0), np.float32)
+        if plan.directions is None
+        else plan.directions.reshape(n_items, -1)
+    )
     for c in range(n_chunks):
-        # Pad the last chunk by repeating its last image: same shape, same program.
-        index = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n_items - 1)
+        index = chunk_index(c, chunk, n_items, group)
         real = index[: min(chunk, n_items - c * chunk)]
         if c in finished:
             like = {"images": images[real], "finals": finals[real], "history": history[:, real]}
@@ -241,7 +318,13 @@ def run_plan(
             n = min(plan.steps_per_call, steps - done)
             call_start = time.perf_counter()
             state, values = run_steps(
-                plan.setup, n, state, chunk_objective, chunk_keys, plan.model.params
+                plan.setup,
+                n,
+                state,
+                chunk_objective,
+                chunk_keys,
+                plan.model.params,
+                directions[index],
             )
             chunk_history[done : done + n] = np.asarray(values)
             if first_call is None:
@@ -340,6 +423,12 @@ def render(
             rounding; less memory per picture for a little (``convs``) or one forward pass
             (``blocks``) more compute. :func:`fvjax.rendering.cost.residual_bytes` measures
             what is kept.
+        diversity: a :class:`~fvjax.rendering.seeds.Diversity` ``(layer, weight)``: each
+            unit's seeds pushed apart at ``layer`` (needs 2 or more seeds); a unit's pictures
+            still do not depend on the other units in its chunk.
+        guide: a :class:`~fvjax.rendering.seeds.Guide` ``(layer, weight)``: each picture
+            pulled towards its own direction at ``layer``, given as ``directions``
+            ``(units, seeds, channels)`` (say the facets of the unit's natural examples).
 
     Returns:
         a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)``.

@@ -31,6 +31,7 @@ from fvjax.errors import ArgumentError, ImageSizeError
 from fvjax.models.adapters import INPUT, Model, as_size
 from fvjax.rendering import objectives as objectives_lib
 from fvjax.rendering import param as param_lib
+from fvjax.rendering import seeds as seeds_lib
 from fvjax.rendering import transforms as transforms_lib
 
 Array = jax.Array
@@ -66,6 +67,9 @@ class Setup(NamedTuple):
     mesh: Mesh | None = None  # images split over its "batch" axis; None: one device
     model_dtype: str = "float32"  # the model's compute dtype; pictures stay float32
     remat: str = "none"  # what the backward pass recomputes: see REMAT
+    diversity: Any = None  # a seeds.Diversity: a unit's seeds pushed apart
+    guide: Any = None  # a seeds.Guide: each picture steered towards its own direction
+    group: int = 1  # pictures per unit, consecutive in a chunk (the seeds diversity couples)
 
 
 def make_setup(
@@ -78,6 +82,9 @@ def make_setup(
     model_dtype: str,
     remat: str,
     mesh: Mesh | None = None,
+    diversity: Any = None,
+    guide: Any = None,
+    group: int = 1,
 ) -> Setup:
     """A render's defaults filled in and its arguments checked, as one :class:`Setup`: the one
     place ``size``, ``model_dtype`` and ``remat`` are validated (with the objective against
@@ -100,7 +107,18 @@ def make_setup(
                 "model"
             )
         apply = model.remat_apply
-    return Setup(apply, param, transform, optimizer, size, mesh, model_dtype, remat)
+    diversity = seeds_lib.checked(diversity, "diversity")
+    guide = seeds_lib.checked(guide, "guide")
+    for term in (diversity, guide):
+        if term is not None:
+            model.check_layer(term.layer, size)  # names the layers there are if it is not one
+    if diversity is not None and group < 2:
+        raise ArgumentError(
+            f"diversity pushes a unit's seeds apart and needs at least 2 seeds, got {group}"
+        )
+    return Setup(
+        apply, param, transform, optimizer, size, mesh, model_dtype, remat, diversity, guide, group
+    )
 
 
 def _saves_products(primitive: Any, *args: Any, **params: Any) -> bool:
@@ -176,10 +194,16 @@ def _model_activations(
     return {name: activations[name].astype(jnp.float32) for name in layers}
 
 
+def _coupled_layers(setup: Setup) -> list[str]:
+    """The layers the seeds' terms (diversity, guide) read."""
+    return [term.layer for term in (setup.diversity, setup.guide) if term is not None]
+
+
 def _objective_values(
     setup: Setup, raw: Any, objective: Any, keys: Array | None, params: Any, step: Array
-) -> Array:
-    """``(N,)`` objective values of the pictures ``raw`` (transformed when ``keys`` given)."""
+) -> tuple[Array, dict[str, Array]]:
+    """``(N,)`` objective values of the pictures ``raw`` (transformed when ``keys`` given), and
+    the activations the seeds' terms read."""
 
     def pictures(raw: Any) -> tuple[Array, Array]:
         images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
@@ -193,11 +217,12 @@ def _objective_values(
         # than InceptionV1's stem does): recompute the whole picture pipeline, which is cheap.
         pictures = jax.checkpoint(pictures)
     images, inputs = pictures(raw)
-    layers = [name for name in objective.layers if name != INPUT]
-    needed = _model_activations(setup, params, inputs, layers)
-    if INPUT in objective.layers:
+    wanted = set(objective.layers) | set(_coupled_layers(setup))
+    needed = _model_activations(setup, params, inputs, sorted(wanted - {INPUT}))
+    if INPUT in wanted:
         needed[INPUT] = images
-    return jax.vmap(lambda o, a: o(a), in_axes=(objective.vmap_axes(), 0))(objective, needed)
+    values = jax.vmap(lambda o, a: o(a), in_axes=(objective.vmap_axes(), 0))(objective, needed)
+    return values, needed
 
 
 def _per_image_finite(tree: Any) -> Array:
@@ -205,19 +230,24 @@ def _per_image_finite(tree: Any) -> Array:
     return jnp.all(jnp.stack([jnp.isfinite(x.reshape(x.shape[0], -1)).all(1) for x in leaves]), 0)
 
 
-def picture_loss(setup: Setup, objective: Any, keys: Array, params: Any, step: Array):
-    """``raw -> (loss, (N,) objective values)``: every picture climbs its own objective
-    (also what :func:`fvjax.rendering.cost.residual_bytes` differentiates)."""
+def picture_loss(
+    setup: Setup, objective: Any, keys: Array, params: Any, step: Array, directions: Array
+):
+    """``raw -> (loss, (N,) objective values)``: every picture climbs its own objective, plus
+    the seeds' terms (:mod:`fvjax.rendering.seeds`) within each unit; ``directions (N, C)``
+    are the guide's (``(N, 0)`` without one). Also what
+    :func:`fvjax.rendering.cost.residual_bytes` differentiates."""
 
     def loss(raw: Any) -> tuple[Array, Array]:
-        values = _objective_values(setup, raw, objective, keys, params, step)
-        return -values.sum(), values
+        values, needed = _objective_values(setup, raw, objective, keys, params, step)
+        coupled = seeds_lib.penalty(setup.diversity, setup.guide, setup.group, needed, directions)
+        return coupled - values.sum(), values
 
     return loss
 
 
-def _step(setup: Setup, state: State, objective: Any, keys: Array, params: Any):
-    loss = picture_loss(setup, objective, keys, params, state.step)
+def _step(setup: Setup, state: State, objective: Any, keys: Array, params: Any, directions):
+    loss = picture_loss(setup, objective, keys, params, state.step, directions)
     grads, values = jax.grad(loss, has_aux=True)(state.raw)
     updates, opt_state = jax.vmap(setup.optimizer.update)(grads, state.opt_state, state.raw)
     raw = optax.apply_updates(state.raw, updates)
@@ -230,23 +260,32 @@ STATE_SPECS = State(_BATCH, _BATCH, _REPLICATED, _BATCH)
 
 
 @partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
-def run_steps(setup: Setup, n_steps: int, state: State, objective: Any, keys: Array, params):
-    """``n_steps`` optimization steps: ``(state, values (n_steps, N))``."""
+def run_steps(
+    setup: Setup,
+    n_steps: int,
+    state: State,
+    objective: Any,
+    keys: Array,
+    params: Any,
+    directions: Array,
+):
+    """``n_steps`` optimization steps: ``(state, values (n_steps, N))``. ``directions (N, C)``
+    are the guide's, ``(N, 0)`` without one."""
     _TRACES["run"] += 1
 
-    def run(state: State, objective: Any, keys: Array, params: Any):
+    def run(state: State, objective: Any, keys: Array, params: Any, directions: Array):
         if n_steps == 1:  # no loop: on CPU convolutions compile faster outside a loop body
-            state, values = _step(setup, state, objective, keys, params)
+            state, values = _step(setup, state, objective, keys, params, directions)
             return state, values[None]
 
         def body(state: State, _: None) -> tuple[State, Array]:
-            return _step(setup, state, objective, keys, params)
+            return _step(setup, state, objective, keys, params, directions)
 
         return jax.lax.scan(body, state, None, length=n_steps)
 
-    specs = (STATE_SPECS, _objective_specs(objective), _BATCH, _REPLICATED)
+    specs = (STATE_SPECS, _objective_specs(objective), _BATCH, _REPLICATED, _BATCH)
     out_specs = (STATE_SPECS, PartitionSpec(None, "batch"))
-    return _on_devices(setup, run, specs, out_specs)(state, objective, keys, params)
+    return _on_devices(setup, run, specs, out_specs)(state, objective, keys, params, directions)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -264,7 +303,7 @@ def init_state(setup: Setup, keys: Array) -> State:
 def final(setup: Setup, raw: Any, objective: Any, params: Any) -> tuple[Array, Array]:
     def final(raw: Any, objective: Any, params: Any) -> tuple[Array, Array]:
         images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
-        values = _objective_values(setup, raw, objective, None, params, jnp.int32(0))
+        values, _ = _objective_values(setup, raw, objective, None, params, jnp.int32(0))
         return images, values
 
     specs = (_BATCH, _objective_specs(objective), _REPLICATED)
