@@ -116,3 +116,20 @@ def test_a_weights_file_reaches_the_model(tmp_path):
     assert any(np.array_equal(np.asarray(leaf), first) for leaf in jax.tree.leaves(model.params))
     with pytest.raises(ConfigError, match="'tiny' ships its own weights"):
         plan_lib.build_model(from_dict({"model": "tiny", "weights": str(path)}))
+
+
+def test_diversity_keys_reach_every_layers_render_and_its_identity():
+    base = {"model": "tiny", "layers": ["block2", "block3"], "seeds": 2, "size": 32}
+    plan = plan_lib.build_plan(from_dict({**base, "diversity": {"weight": 2.0}}))
+    for layer, render_plan in plan.layers.items():
+        assert render_plan.setup.diversity == fvjax.Diversity(layer, 2.0)
+        assert render_plan.identity()["diversity"] == [layer, 2.0]
+    chosen = from_dict({**base, "diversity": {"weight": 2.0, "layer": "block2"}})
+    assert {p.setup.diversity.layer for p in plan_lib.build_plan(chosen).layers.values()} == {
+        "block2"
+    }
+    assert "diversity" not in plan_lib.build_plan(from_dict(base)).layers["block2"].identity()
+    with pytest.raises(FvjaxError, match="at least 2 seeds"):
+        plan_lib.build_plan(from_dict({**base, "seeds": 1, "diversity": {"weight": 1.0}}))
+    with pytest.raises(ConfigError, match="diversity.weight"):
+        from_dict({**base, "diversity": {"weight": -1.0}})

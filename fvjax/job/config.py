@@ -1,7 +1,8 @@
 """Render-job configs: typed, frozen, loaded from TOML, Python or YAML, with overrides.
 
-A job is a :class:`Config`; its sections are :class:`ParamConfig`, :class:`TransformsConfig`
-and :class:`OptimizerConfig`. Every key has a default, so a file names only what it changes::
+A job is a :class:`Config`; its sections are :class:`ParamConfig`, :class:`TransformsConfig`,
+:class:`OptimizerConfig`, :class:`DiversityConfig` and :class:`ChecksConfig`. Every key has a
+default, so a file names only what it changes::
 
     model = "tiny"                 # a built-in model, or "package.module:factory"
     layers = ["block2", "block3"]
@@ -102,6 +103,19 @@ class OptimizerConfig(keys.Checked):
 
 
 @dataclasses.dataclass(frozen=True)
+class DiversityConfig(keys.Checked):
+    """Each unit's seeds pushed apart (:class:`fvjax.rendering.seeds.Diversity`)."""
+
+    _prefix = "diversity."
+    weight: float = keys.key(
+        keys.number(0.0), 0.0, "0: off; else the weight of the seeds' Gram similarity"
+    )
+    layer: str = keys.key(
+        keys.optional_text, "", "the layer whose Gram matrices differ ('': the rendered one)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ChecksConfig(keys.Checked):
     """The evidence beside the pictures (:mod:`fvjax.checks`): what ``fvjax check`` runs, and
     ``fvjax render`` too when ``enabled``. None of it changes a picture."""
@@ -186,6 +200,7 @@ class Config(keys.Checked):
     param: ParamConfig = keys.section(ParamConfig)
     transforms: TransformsConfig = keys.section(TransformsConfig)
     optimizer: OptimizerConfig = keys.section(OptimizerConfig)
+    diversity: DiversityConfig = keys.section(DiversityConfig)
     checks: ChecksConfig = keys.section(ChecksConfig, role="checks")
     output: str = keys.key(keys.text, "fvjax-out", "output directory", role="run")
     progress: bool = keys.key(keys.boolean, True, "progress bar on stderr", role="run")

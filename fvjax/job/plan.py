@@ -32,6 +32,7 @@ from fvjax.rendering import param as param_lib
 from fvjax.rendering import transforms as transforms_lib
 from fvjax.rendering.engine import RenderPlan, plan_render
 from fvjax.rendering.objectives import LAYER_OBJECTIVES, Objective
+from fvjax.rendering.seeds import Diversity
 
 #: Under the output directory: the checkpoints of unfinished jobs, one folder per identity.
 CHECKPOINTS = ".checkpoints"
@@ -90,6 +91,12 @@ def build_objectives(config: Config, shapes: dict[str, tuple[int, ...]]) -> dict
         units = range(layer_shape(shapes, layer)[-1]) if config.units == "all" else config.units
         built[layer] = LAYER_OBJECTIVES[config.objective](layer, units)
     return built
+
+
+def build_diversity(config: Config, layer: str) -> Diversity | None:
+    """The diversity a layer's render gets (``None``: off)."""
+    weight = config.diversity.weight
+    return Diversity(config.diversity.layer or layer, weight) if weight else None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -156,7 +163,9 @@ def build_plan(config: Config) -> JobPlan:
         members = shards.positions(shard, n_shards, objective.batch_size)
         if len(members):  # none when this shard has fewer units than there are shards
             share = objective.take(members) if n_shards > 1 else objective
-            layers[layer] = plan_render(model, share, **render_kwargs)
+            layers[layer] = plan_render(
+                model, share, diversity=build_diversity(config, layer), **render_kwargs
+            )
     checkpoints = None
     if config.checkpoint:
         checkpoints = output / CHECKPOINTS / data_sha256(identity(config))[:16]
