@@ -31,8 +31,8 @@ from fvjax.errors import (
 from fvjax.files import FVJAX_VERSION as __version__
 from fvjax.models import Model, from_fn, from_linen, from_nnx, zoo
 from fvjax.rendering import objectives, param, transforms
-from fvjax.rendering.seeds import Diversity, Guide
 from fvjax.rendering.engine import RenderResult, render, render_layer
+from fvjax.rendering.seeds import Diversity, Guide
 
 __all__ = [
     "ConfigError",
