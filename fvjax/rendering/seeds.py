@@ -11,7 +11,9 @@ device), so a unit's pictures never depend on which other units share its chunk.
 - :class:`Guide` (Nguyen et al. 2016, multifaceted feature visualization): each picture is
   pulled towards its own direction at ``layer`` (say the centroid of one facet of the unit's top
   natural examples): the loss gains ``-weight`` times the cosine between the picture's
-  activation vector (its mean over positions) and that direction.
+  activation vector (its mean over positions) and that direction, times the direction's
+  length (so each picture's pull can be scaled to its unit, say by the unit's top natural
+  activation).
 
 >>> import jax.numpy as jnp
 >>> same = jnp.ones((4, 3, 3, 2))  # 2 units x 2 seeds, every picture alike
@@ -92,15 +94,14 @@ def gram_similarity(activations: Array, group: int) -> Array:
 
 def guide_similarity(activations: Array, directions: Array) -> Array:
     """``(N,)``: the cosine between each picture's activation vector (its mean over positions)
-    and its direction ``directions (N, C)``.
+    and its direction ``directions (N, C)``, times the direction's length.
 
-    >>> guide_similarity(jnp.ones((1, 2, 2, 3)), jnp.ones((1, 3))).round(4).tolist()
-    [1.0]
+    >>> guide_similarity(jnp.ones((1, 2, 2, 1)), jnp.full((1, 1), 2.0)).round(4).tolist()
+    [2.0]
     """
     mean = _as_positions(activations.astype(jnp.float32)).mean(1)
     dot = (mean * directions).sum(-1)
-    norms = jnp.linalg.norm(mean, axis=-1) * jnp.linalg.norm(directions, axis=-1)
-    return dot / jnp.maximum(norms, 1e-10)
+    return dot / jnp.maximum(jnp.linalg.norm(mean, axis=-1), 1e-10)
 
 
 def penalty(
