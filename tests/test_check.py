@@ -42,7 +42,7 @@ def _config(out, **changes):
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory):
     out = tmp_path_factory.mktemp("checked")
-    config = _config(out, checks={"enabled": True})
+    config = _config(out, checks={"enabled": True}, facets={"enabled": True})
     return out, run(config)
 
 
@@ -59,6 +59,22 @@ def test_render_with_checks_enabled_writes_a_card_per_unit(checked):
             assert {"concept", "iou", "detector", "plain_activation", "path"} <= set(summary)
         assert all((out / entry["slug"] / view).is_file() for view, *_ in VIEWS)
     assert json.loads((out / "manifest.json").read_text())["checks"] == section
+
+
+def test_every_unit_has_its_facets_and_the_seeds_coverage_of_them(checked):
+    out, manifest = checked
+    for entry in manifest["layers"]:
+        for unit, summary in manifest["checks"]["layers"][entry["layer"]]["units"].items():
+            facets, top = summary["facets"], [index for index, _ in summary["top"]]
+            assert 1 <= facets["n"] <= 3 and sum(facets["sizes"]) == len(top) == 4
+            assert sorted(i for m in facets["members"] for i in m) == sorted(top)
+            assert facets["covered"] == len(set(facets["seed_facet"]))
+            assert all(0 <= f < facets["n"] for f in facets["seed_facet"] + facets["guided_facet"])
+            assert facets["guided_covered"] == len(set(facets["guided_facet"]))
+            card = (out / entry["slug"] / "units" / f"unit{int(unit):04d}.html").read_text()
+            assert f"Facets: {facets['n']} among the top natural images" in card
+            for j in range(facets["n"]):
+                assert f'src="unit{int(unit):04d}_facet{j}.png"' in card
 
 
 def test_every_image_a_card_names_exists(checked):

@@ -39,6 +39,7 @@ font-size:12px}.fv-card .ok{background:#2e7d32}
 .fv-card table{border-collapse:collapse}.fv-card td,.fv-card th{padding:2px 8px;
 border-bottom:1px solid #ddd;text-align:left}.fv-card .muted{color:#777}
 .fv-card svg{background:#fafafa;border:1px solid #ddd;margin-right:10px}
+.fv-card h4{font-size:13px;margin:.6em 0 .2em}.fv-card .row{white-space:nowrap;overflow-x:auto}
 """
 
 _PALETTE = ("#1565c0", "#c62828", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f")
@@ -207,6 +208,48 @@ def _reach_text(reach: float) -> str:
     return "reach n/a" if not np.isfinite(reach) else f"reach {reach:.3g}"
 
 
+def _example_figure(src: ImageSource, name: str, example: Any) -> str:
+    a = src(f"{name}.png", example.crop)
+    b = src(f"{name}_map.png", example.overlay)
+    caption = f"{example.value:.4g} &middot; {html.escape(example.source)}"
+    return (
+        f'<figure><img class="crop" src="{html.escape(a, quote=True)}" alt="crop">'
+        f'<img class="crop" src="{html.escape(b, quote=True)}" alt="map">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def _facets_html(e: Any, src: ImageSource, tag: str) -> str:
+    """A unit's facets side by side with their natural examples (and guided pictures)."""
+    f = e.facets
+    n = len(f.sizes)
+    cover = f"the seeds ({', '.join(map(str, e.seeds))}) match facets "
+    cover += f"{', '.join(str(int(m) + 1) for m in f.seed_facet)}: they cover {f.covered} of {n}"
+    if f.pictures is not None:
+        cover += f"; the guided pictures cover {f.pictures_covered} of {n}"
+    silhouette = "" if not np.isfinite(f.silhouette) else f" (silhouette {f.silhouette:.2f})"
+    rows = []
+    top_rank = {ex.index: rank for rank, ex in enumerate(e.top)}
+    for j in range(n):
+        figures = []
+        if f.pictures is not None:
+            where = src(f"{tag}_facet{j}.png", f.pictures[j])
+            caption = f"guided to facet {j + 1} &middot; {f.activations[j]:.4g}"
+            figures.append(_figure(where, caption, f"facet {j + 1}"))
+        for index in f.members[j]:
+            if int(index) in top_rank:
+                rank = top_rank[int(index)]
+                figures.append(_example_figure(src, f"{tag}_top{rank:02d}", e.top[rank]))
+        rows.append(
+            f"<h4>facet {j + 1}: {f.sizes[j]} of the top images</h4>"
+            f'<div class="row">{"".join(figures)}</div>'
+        )
+    return (
+        f"<h3>Facets: {n} among the top natural images{silhouette}</h3>"
+        f'<p class="muted">{cover}.</p>' + "".join(rows)
+    )
+
+
 def unit_card_html(
     evidence: Any,
     src: ImageSource = inline_source,
@@ -291,20 +334,15 @@ def unit_card_html(
         )
     if e.path is not None:
         out.append("<h3>Processing path</h3>" + e.path.svg())
+    if e.facets is not None:
+        out.append(_facets_html(e, src, tag))
     for title, examples in (("Top natural images", e.top), ("Bottom natural images", e.bottom)):
         if not examples:
             continue
-        figures = []
-        for rank, ex in enumerate(examples):
-            kind = "top" if examples is e.top else "bottom"
-            a = src(f"{tag}_{kind}{rank:02d}.png", ex.crop)
-            b = src(f"{tag}_{kind}{rank:02d}_map.png", ex.overlay)
-            caption = f"{ex.value:.4g} &middot; {html.escape(ex.source)}"
-            figures.append(
-                f'<figure><img class="crop" src="{html.escape(a, quote=True)}" alt="crop">'
-                f'<img class="crop" src="{html.escape(b, quote=True)}" alt="map">'
-                f"<figcaption>{caption}</figcaption></figure>"
-            )
+        kind = "top" if examples is e.top else "bottom"
+        figures = [
+            _example_figure(src, f"{tag}_{kind}{rank:02d}", ex) for rank, ex in enumerate(examples)
+        ]
         out.append(f"<h3>{title}</h3>" + "".join(figures))
     out.append("</div>")
     body = "\n".join(out)

@@ -53,6 +53,48 @@ class Example(NamedTuple):
     overlay: np.ndarray  # the same crop with the unit's activation map over it
 
 
+class UnitFacets(NamedTuple):
+    """A unit's facets beside its pictures (see :mod:`fvjax.checks.facets`); ``F`` facets.
+
+    Attributes:
+        sizes: ``(F,)`` top natural images in each facet, largest first.
+        members: ``F`` tuples of dataset indices, best first.
+        silhouette: the clustering's mean silhouette (NaN with one facet).
+        seed_facet: ``(S,)`` the facet each seed's picture lies nearest (activation space).
+        covered: facets at least one seed lies nearest.
+        pictures: ``(F, H, W, 3)`` a picture guided to each facet, or ``None``.
+        activations: ``(F,)`` their objective values, or ``None``.
+        pictures_facet: ``(F,)`` the facet each guided picture lies nearest, or ``None``.
+        pictures_covered: facets a guided picture lies nearest, or ``None``.
+    """
+
+    sizes: np.ndarray
+    members: tuple[tuple[int, ...], ...]
+    silhouette: float
+    seed_facet: np.ndarray
+    covered: int
+    pictures: np.ndarray | None = None
+    activations: np.ndarray | None = None
+    pictures_facet: np.ndarray | None = None
+    pictures_covered: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The facets as plain JSON values (what the manifest records)."""
+        out: dict[str, Any] = {
+            "n": len(self.sizes),
+            "sizes": [int(n) for n in self.sizes],
+            "members": [list(m) for m in self.members],
+            "silhouette": _float(self.silhouette),
+            "seed_facet": [int(f) for f in self.seed_facet],
+            "covered": int(self.covered),
+        }
+        if self.pictures_covered is not None:
+            out["guided_activation"] = _floats(self.activations)
+            out["guided_facet"] = [int(f) for f in self.pictures_facet]
+            out["guided_covered"] = int(self.pictures_covered)
+        return out
+
+
 class UnitEvidence(NamedTuple):
     """Everything a unit card shows. ``S`` seeds; natural figures use the pass's ``score``.
 
@@ -74,6 +116,7 @@ class UnitEvidence(NamedTuple):
         flags: a subset of :data:`FLAGS`.
         pictures: ``(S, H, W, 3)`` the pictures, when given (a notebook shows them).
         history: ``(steps, S)`` the objective along the optimization, when given.
+        facets: the unit's :class:`~fvjax.checks.facets.UnitFacets`, or ``None``.
     """
 
     layer: str
@@ -96,6 +139,7 @@ class UnitEvidence(NamedTuple):
     flags: tuple[str, ...] = ()
     pictures: np.ndarray | None = None
     history: np.ndarray | None = None
+    facets: Any = None
 
     def summary(self) -> dict[str, Any]:
         """The unit's figures as plain JSON values (what the manifest records)."""
@@ -122,6 +166,8 @@ class UnitEvidence(NamedTuple):
             out["plain_activation"] = _floats(self.plain)
         if self.path is not None:
             out["path"] = self.path.summary()
+        if self.facets is not None:
+            out["facets"] = self.facets.summary()
         return out
 
     def _repr_html_(self) -> str:
@@ -213,13 +259,15 @@ def unit_evidence(
     paths: Sequence[Any] | None = None,
     pictures: np.ndarray | None = None,
     history: np.ndarray | None = None,
+    facets: Sequence[Any] | None = None,
     batch_size: int = 64,
 ) -> list[UnitEvidence]:
     """The evidence of each of ``units`` (rows of ``activations (U, S)``, pictures' values).
 
     ``top_k`` examples are cropped per unit and end (default: all the pass kept). ``plain``
     ``(U, S)`` are the plain procedure's activations; ``paths`` one path check per unit;
-    ``pictures (U, S, H, W, 3)`` and ``history (steps, U, S)`` ride along for notebooks.
+    ``pictures (U, S, H, W, 3)`` and ``history (steps, U, S)`` ride along for notebooks;
+    ``facets`` one :class:`~fvjax.checks.facets.UnitFacets` per unit.
     """
     units = [int(u) for u in units]
     activations = np.asarray(activations, np.float64).reshape(len(units), -1)
@@ -279,6 +327,7 @@ def unit_evidence(
                 flags=tuple(sorted(flags, key=FLAGS.index)),
                 pictures=None if pictures is None else np.asarray(pictures[row]),
                 history=None if history is None else np.asarray(history)[:, row],
+                facets=None if facets is None else facets[row],
             )
         )
     return evidence

@@ -33,9 +33,11 @@ import numpy as np
 
 from fvjax.checks.card import svg_bars, unit_card_html
 from fvjax.checks.dissection import detectors_by_category, label_units
-from fvjax.checks.evidence import UnitEvidence, unit_evidence
+from fvjax.checks.evidence import UnitEvidence, UnitFacets, unit_evidence
+from fvjax.checks.facets import Facets, coverage, natural_facets
 from fvjax.checks.paths import check_paths, path_layers
-from fvjax.checks.scan import dataset_pass
+from fvjax.checks.scan import dataset_pass, forward_maps
+from fvjax.checks.statistics import LayerStatistics
 from fvjax.data.broden import load_broden
 from fvjax.data.datasets import Dataset, folder_dataset, world_dataset
 from fvjax.data.images import png_bytes, read_rgb
@@ -44,10 +46,12 @@ from fvjax.files import atomic_write
 from fvjax.job import config as config_lib
 from fvjax.job import gallery
 from fvjax.job.outputs import HISTORY, read_manifest, write_manifest
-from fvjax.job.plan import build_model, build_plan
+from fvjax.job.plan import build_model, build_plan, render_settings
 from fvjax.models.adapters import Model
 from fvjax.progress import Progress
-from fvjax.rendering.engine import run_plan
+from fvjax.rendering.engine import RenderPlan, plan_render, run_plan
+from fvjax.rendering.objectives import LAYER_OBJECTIVES
+from fvjax.rendering.seeds import Guide
 
 #: The per-image score that matches each layer objective (what the pictures' values are).
 SCORE_OF_OBJECTIVE = {"channel": "mean", "neuron": "center"}
@@ -142,6 +146,84 @@ def _plain(config: config_lib.Config, layers: list[str], stream: TextIO) -> dict
     return found
 
 
+def _directions(pictures: np.ndarray, model: Model, layer: str, batch_size: int) -> np.ndarray:
+    """``(U, S, C)``: each picture's ``layer`` map, its mean over positions, L2-normalised (the
+    space :func:`~fvjax.checks.facets.natural_facets` clusters in)."""
+    flat = pictures.reshape(-1, *pictures.shape[2:])
+    rows = []
+    for start in range(0, len(flat), batch_size):
+        batch = flat[start : start + batch_size]
+        padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]))])
+        maps = forward_maps(model.apply, (layer,), model.params, padded.astype(np.float32))
+        rows.append(np.asarray(maps[layer]).mean(axis=(1, 2))[: len(batch)])
+    vectors = np.concatenate(rows).reshape(*pictures.shape[:2], -1)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def _guided(config, model, layer: str, found: Facets, stats: LayerStatistics) -> RenderPlan:
+    """One picture guided to each facet slot (slot ``j`` of a unit with ``n`` facets: facet
+    ``j % n``), pulled with ``facets.weight`` times the unit's top natural activation."""
+    slots = found.centroids.shape[1]
+    n = np.maximum(found.n_facets, 1)[:, None]
+    which = np.arange(slots)[None, :] % n
+    directions = np.take_along_axis(found.centroids, which[..., None], 1)
+    scale = np.maximum(stats.top_value[found.units, 0], 0.0) * (found.n_facets > 0)
+    settings = {**render_settings(config), "seeds": slots}
+    objective = LAYER_OBJECTIVES[config.objective](layer, found.units.tolist())
+    guide = Guide(found.feature_layer, config.facets.weight)
+    return plan_render(
+        model, objective, guide=guide, directions=directions * scale[:, None, None], **settings
+    )
+
+
+def _facets(config, model, dataset, stats, entry, pictures, stream) -> list[UnitFacets]:
+    """Each unit's facets: its top images clustered, its seeds' coverage of them, and (with
+    ``facets.render``) a picture guided to each facet."""
+    f, layer = config.facets, entry["layer"]
+    feature = f.layer or layer
+    found = natural_facets(
+        model, dataset, stats, feature, k=f.k or None, k_max=f.k_max, key=f.seed,
+        units=entry["units"], batch_size=config.checks.batch_size,
+    )  # fmt: skip
+    batch = config.checks.batch_size
+    seeds = coverage(_directions(pictures, model, feature, batch), found.centroids, found.n_facets)
+    guided = guided_cover = None
+    if f.render:
+        plan = _guided(config, model, layer, found, stats)
+        bar = Progress(plan.total_steps, label="checks: facet pictures", stream=stream,
+                       enabled=config.progress)  # fmt: skip
+        guided = run_plan(plan, progress=bar)
+        bar.close()
+        guided_cover = coverage(
+            _directions(guided.images, model, feature, batch), found.centroids, found.n_facets
+        )
+    out = []
+    for i in range(len(found.units)):
+        n = int(found.n_facets[i])
+        members = tuple(tuple(int(m) for m in row if m >= 0) for row in found.members[i, :n])
+        extra = {}
+        if guided is not None:
+            extra = dict(
+                pictures=guided.images[i, :n],
+                activations=guided.activations[i, :n],
+                pictures_facet=np.asarray(guided_cover.matched[i, :n]),
+                pictures_covered=int(
+                    len(set(np.asarray(guided_cover.matched[i, :n]).tolist()) - {-1})
+                ),
+            )
+        out.append(
+            UnitFacets(
+                sizes=found.sizes[i, :n],
+                members=members,
+                silhouette=float(found.silhouette[i]),
+                seed_facet=np.asarray(seeds.matched[i]),
+                covered=int(seeds.covered[i]),
+                **extra,
+            )
+        )
+    return out
+
+
 def _card_page(evidence: UnitEvidence, body: str, neighbours: tuple[int | None, int | None]) -> str:
     links = [f'<a href="../{gallery.INDEX}#unit{evidence.unit}">&larr; {evidence.layer}</a>']
     for label, unit in zip(("previous", "next"), neighbours, strict=True):
@@ -210,10 +292,13 @@ def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, 
             if below:
                 paths = check_paths(model, dataset, stats[layer], units, pictures, below,
                                     top_k=c.top_k)  # fmt: skip
+        facets = None
+        if config.facets.enabled:
+            facets = _facets(config, model, dataset, stats[layer], entry, pictures, stream)
         evidence = unit_evidence(
             model, dataset, stats[layer], units, values, entry["seeds"], top_k=c.top_k,
             detector_iou=c.detector_iou, far_above=c.far_above, paths=paths,
-            plain=np.array([plain[layer][u] for u in units]) if plain else None,
+            plain=np.array([plain[layer][u] for u in units]) if plain else None, facets=facets,
         )  # fmt: skip
         _write_cards(out, entry, evidence, history, manifest["config_sha256"])
         summary: dict[str, Any] = {

@@ -1,8 +1,8 @@
 """Render-job configs: typed, frozen, loaded from TOML, Python or YAML, with overrides.
 
 A job is a :class:`Config`; its sections are :class:`ParamConfig`, :class:`TransformsConfig`,
-:class:`OptimizerConfig`, :class:`DiversityConfig` and :class:`ChecksConfig`. Every key has a
-default, so a file names only what it changes::
+:class:`OptimizerConfig`, :class:`DiversityConfig`, :class:`ChecksConfig` and
+:class:`FacetsConfig`. Every key has a default, so a file names only what it changes::
 
     model = "tiny"                 # a built-in model, or "package.module:factory"
     layers = ["block2", "block3"]
@@ -116,6 +116,25 @@ class DiversityConfig(keys.Checked):
 
 
 @dataclasses.dataclass(frozen=True)
+class FacetsConfig(keys.Checked):
+    """The facets of each unit (:mod:`fvjax.checks.facets`), part of ``fvjax check``: its top
+    natural images clustered, the seeds' coverage of them, and a picture guided to each."""
+
+    _prefix = "facets."
+    enabled: bool = keys.key(keys.boolean, False, "find each unit's facets", "checks")
+    k: int = keys.key(keys.integer(0), 0, "facets per unit (0: chosen by silhouette)", "checks")
+    k_max: int = keys.key(keys.integer(1), 3, "the most facets a unit is given", "checks")
+    layer: str = keys.key(
+        keys.optional_text, "", "where images are compared ('': the rendered layer)", "checks"
+    )
+    render: bool = keys.key(keys.boolean, True, "render a picture guided to each facet", "checks")
+    weight: float = keys.key(
+        keys.number(0.0), 1.0, "the guide's pull, in units of the top natural activation", "checks"
+    )
+    seed: int = keys.key(keys.integer(0), 0, "k-means's seed", "checks")
+
+
+@dataclasses.dataclass(frozen=True)
 class ChecksConfig(keys.Checked):
     """The evidence beside the pictures (:mod:`fvjax.checks`): what ``fvjax check`` runs, and
     ``fvjax render`` too when ``enabled``. None of it changes a picture."""
@@ -202,6 +221,7 @@ class Config(keys.Checked):
     optimizer: OptimizerConfig = keys.section(OptimizerConfig)
     diversity: DiversityConfig = keys.section(DiversityConfig)
     checks: ChecksConfig = keys.section(ChecksConfig, role="checks")
+    facets: FacetsConfig = keys.section(FacetsConfig, role="checks")
     output: str = keys.key(keys.text, "fvjax-out", "output directory", role="run")
     progress: bool = keys.key(keys.boolean, True, "progress bar on stderr", role="run")
     checkpoint: bool = keys.key(

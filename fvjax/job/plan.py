@@ -93,6 +93,24 @@ def build_objectives(config: Config, shapes: dict[str, tuple[int, ...]]) -> dict
     return built
 
 
+def render_settings(config: Config) -> dict[str, Any]:
+    """:func:`~fvjax.rendering.engine.plan_render`'s keyword arguments the config decides
+    (all but the diversity, which depends on the layer)."""
+    return {
+        "seeds": config.seeds,
+        "steps": config.steps,
+        "size": config.size,
+        "param": build_param(config),  # one of each for all layers: layers of equal
+        "transforms": build_transforms(config),  # size share compiled programs
+        "optimizer": build_optimizer(config),
+        "batch_size": config.batch_size or None,
+        "steps_per_call": config.steps_per_call or None,
+        "devices": config.devices or None,
+        "model_dtype": config.model_dtype,
+        "remat": config.remat,
+    }
+
+
 def build_diversity(config: Config, layer: str) -> Diversity | None:
     """The diversity a layer's render gets (``None``: off)."""
     weight = config.diversity.weight
@@ -145,19 +163,7 @@ def build_plan(config: Config) -> JobPlan:
         output = output / shards.shard_dir(shard, n_shards)
     model = build_model(config)
     shapes = model.layer_shapes(config.size)
-    render_kwargs = {
-        "seeds": config.seeds,
-        "steps": config.steps,
-        "size": config.size,
-        "param": build_param(config),  # one of each for all layers: layers of equal
-        "transforms": build_transforms(config),  # size share compiled programs
-        "optimizer": build_optimizer(config),
-        "batch_size": config.batch_size or None,
-        "steps_per_call": config.steps_per_call or None,
-        "devices": config.devices or None,
-        "model_dtype": config.model_dtype,
-        "remat": config.remat,
-    }
+    render_kwargs = render_settings(config)
     layers = {}
     for layer, objective in build_objectives(config, shapes).items():
         members = shards.positions(shard, n_shards, objective.batch_size)
