@@ -75,6 +75,13 @@ def test_every_unit_has_its_facets_and_the_seeds_coverage_of_them(checked):
             assert f"Facets: {facets['n']} among the top natural images" in card
             for j in range(facets["n"]):
                 assert f'src="unit{int(unit):04d}_facet{j}.png"' in card
+        view = (out / entry["slug"] / "facets.html").read_text()
+        for unit, summary in manifest["checks"]["layers"][entry["layer"]]["units"].items():
+            for j in range(summary["facets"]["n"]):
+                assert f'src="units/unit{int(unit):04d}_facet{j}.png"' in view
+                assert (
+                    out / entry["slug"] / "units" / f"unit{int(unit):04d}_facet{j}.png"
+                ).is_file()
 
 
 def test_every_image_a_card_names_exists(checked):

@@ -76,13 +76,18 @@ VIEWS = (
     ("by-reach.html", "by reach", "reach", None),
     ("detectors.html", "detectors only", "iou", "detector"),
     ("flagged.html", "flagged only", "reach", "flags"),
+    ("facets.html", "facets the seeds miss", "facets", "facets"),
 )
 
 
 def _fact(summary: Mapping[str, Any], key: str) -> float:
-    """The sort value of a unit: its IoU, or its pictures' highest reach."""
+    """The sort value of a unit: its IoU, the facets its seeds miss (then its facets), or its
+    pictures' highest reach."""
     if key == "iou":
         return float(summary.get("iou", -1.0))
+    if key == "facets":
+        facets = summary.get("facets", {"n": 0, "covered": 0})
+        return facets["n"] - facets["covered"] + facets["n"] / 100
     reaches = [r for r in summary.get("reach", []) if r is not None]
     return max(reaches) if reaches else -1.0
 
@@ -95,6 +100,9 @@ def _facts_html(summary: Mapping[str, Any]) -> str:
     reaches = [r for r in summary.get("reach", []) if r is not None]
     if reaches:
         parts.append(f"reach <b>{max(reaches):.3g}</b>")
+    if "facets" in summary:
+        facets = summary["facets"]
+        parts.append(f"seeds cover <b>{facets['covered']}</b> of {facets['n']} facets")
     flags = "".join(f'<span class="flag">{html.escape(f)}</span>' for f in summary["flags"])
     return f'<div class="facts">{" &middot; ".join(parts)}{flags}</div>'
 
@@ -226,6 +234,15 @@ def layer_page(
             f'<h3>{title}<span>max {_number(best)}</span></h3><div class="seeds">{figures}</div>'
         )
         summary = summaries.get(str(unit))
+        guided = (summary or {}).get("facets", {}).get("guided_facet")
+        if key == "facets" and guided:  # beside the seeds, a picture guided to each facet
+            facets = "".join(
+                f'<figure><img src="units/unit{unit:04d}_facet{j}.png" width="{width}" '
+                f'height="{height}" loading="lazy" alt="unit {unit} facet {j + 1}">'
+                f"<figcaption>facet {j + 1}</figcaption></figure>"
+                for j in range(len(guided))
+            )
+            inner += f'<div class="seeds">{facets}</div>'
         if summary is not None:
             inner = (
                 f'<a class="card-link" href="units/unit{unit:04d}.html" '
