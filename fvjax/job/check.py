@@ -37,6 +37,7 @@ from fvjax.checks.evidence import UnitEvidence, UnitFacets, unit_evidence
 from fvjax.checks.facets import Facets, coverage, natural_facets
 from fvjax.checks.paths import check_paths, path_layers
 from fvjax.checks.scan import dataset_pass, forward_maps
+from fvjax.checks.statistics import LayerStatistics
 from fvjax.data.broden import load_broden
 from fvjax.data.datasets import Dataset, folder_dataset, world_dataset
 from fvjax.data.images import png_bytes, read_rgb
@@ -159,15 +160,14 @@ def _directions(pictures: np.ndarray, model: Model, layer: str, batch_size: int)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
-def _guided(config, model, layer: str, found: Facets) -> RenderPlan:
+def _guided(config, model, layer: str, found: Facets, stats: LayerStatistics) -> RenderPlan:
     """One picture guided to each facet slot (slot ``j`` of a unit with ``n`` facets: facet
-    ``j % n``), pulled along the facet's centroid (unit length) with ``facets.weight``."""
+    ``j % n``), pulled with ``facets.weight`` times the unit's top natural activation."""
     slots = found.centroids.shape[1]
     n = np.maximum(found.n_facets, 1)[:, None]
     which = np.arange(slots)[None, :] % n
     directions = np.take_along_axis(found.centroids, which[..., None], 1)
-    directions /= np.maximum(np.linalg.norm(directions, axis=-1, keepdims=True), 1e-12)
-    scale = (found.n_facets > 0).astype(np.float32)
+    scale = np.maximum(stats.top_value[found.units, 0], 0.0) * (found.n_facets > 0)
     settings = {**render_settings(config), "seeds": slots}
     objective = LAYER_OBJECTIVES[config.objective](layer, found.units.tolist())
     guide = Guide(found.feature_layer, config.facets.weight)
@@ -189,7 +189,7 @@ def _facets(config, model, dataset, stats, entry, pictures, stream) -> list[Unit
     seeds = coverage(_directions(pictures, model, feature, batch), found.centroids, found.n_facets)
     guided = guided_cover = None
     if f.render:
-        plan = _guided(config, model, layer, found)
+        plan = _guided(config, model, layer, found, stats)
         bar = Progress(plan.total_steps, label="checks: facet pictures", stream=stream,
                        enabled=config.progress)  # fmt: skip
         guided = run_plan(plan, progress=bar)

@@ -9,12 +9,11 @@ device), so a unit's pictures never depend on which other units share its chunk.
   unit's other seeds, of their Gram matrices of ``layer`` (channel x channel, summed over
   positions): seeds that share a style pay for it.
 - :class:`Guide` (Nguyen et al. 2016, multifaceted feature visualization): each picture is
-  pulled towards its own direction ``d`` at ``layer`` (say the centroid of one facet of the
-  unit's top natural examples): the loss gains ``-weight * (a . d) * max(cos(a, d), 0.1)``,
-  ``a`` the picture's activation vector (its mean over positions), as Lucid's
-  ``direction_neuron_cossim``: the picture must both grow along ``d`` and point its way (a
-  cosine alone is met by a faint picture of the right hue, and a dot product alone by a loud
-  one pointing elsewhere). ``d``'s length scales each picture's pull.
+  pulled towards its own direction at ``layer`` (say the centroid of one facet of the unit's top
+  natural examples): the loss gains ``-weight`` times the cosine between the picture's
+  activation vector (its mean over positions) and that direction, times the direction's
+  length (so each picture's pull can be scaled to its unit, say by the unit's top natural
+  activation).
 
 >>> import jax.numpy as jnp
 >>> same = jnp.ones((4, 3, 3, 2))  # 2 units x 2 seeds, every picture alike
@@ -93,21 +92,16 @@ def gram_similarity(activations: Array, group: int) -> Array:
     return (similar.sum((1, 2)) - jnp.trace(similar, axis1=1, axis2=2)) / group
 
 
-#: The least cosine the guide's pull is weighted by (Lucid's ``direction_neuron_cossim``).
-MIN_COSINE = 0.1
-
-
 def guide_similarity(activations: Array, directions: Array) -> Array:
-    """``(N,)``: ``(a . d) * max(cos(a, d), MIN_COSINE)`` for each picture's activation vector
-    ``a`` (its mean over positions) and its direction ``d`` (``directions (N, C)``).
+    """``(N,)``: the cosine between each picture's activation vector (its mean over positions)
+    and its direction ``directions (N, C)``, times the direction's length.
 
-    >>> guide_similarity(jnp.full((1, 2, 2, 1), 3.0), jnp.full((1, 1), 2.0)).round(4).tolist()
-    [6.0]
+    >>> guide_similarity(jnp.ones((1, 2, 2, 1)), jnp.full((1, 1), 2.0)).round(4).tolist()
+    [2.0]
     """
     mean = _as_positions(activations.astype(jnp.float32)).mean(1)
     dot = (mean * directions).sum(-1)
-    norms = jnp.linalg.norm(mean, axis=-1) * jnp.linalg.norm(directions, axis=-1)
-    return dot * jnp.maximum(dot / jnp.maximum(norms, 1e-10), MIN_COSINE)
+    return dot / jnp.maximum(jnp.linalg.norm(mean, axis=-1), 1e-10)
 
 
 def penalty(
