@@ -37,7 +37,6 @@ from fvjax.checks.evidence import UnitEvidence, UnitFacets, unit_evidence
 from fvjax.checks.facets import Facets, coverage, natural_facets
 from fvjax.checks.paths import check_paths, path_layers
 from fvjax.checks.scan import dataset_pass, forward_maps
-from fvjax.checks.statistics import LayerStatistics
 from fvjax.data.broden import load_broden
 from fvjax.data.datasets import Dataset, folder_dataset, world_dataset
 from fvjax.data.images import png_bytes, read_rgb
@@ -160,14 +159,17 @@ def _directions(pictures: np.ndarray, model: Model, layer: str, batch_size: int)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
-def _guided(config, model, layer: str, found: Facets, stats: LayerStatistics) -> RenderPlan:
+def _guided(config, model, layer: str, found: Facets, reached: np.ndarray) -> RenderPlan:
     """One picture guided to each facet slot (slot ``j`` of a unit with ``n`` facets: facet
-    ``j % n``), pulled with ``facets.weight`` times the unit's top natural activation."""
+    ``j % n``). The pull is ``facets.weight`` times the activation the unit's seeds reached
+    (``reached (U,)``), at most, so a guide may cost a picture that share of its unit (the
+    natural scale does not serve: a unit whose best natural image scores below zero may still
+    have pictures at 20)."""
     slots = found.centroids.shape[1]
     n = np.maximum(found.n_facets, 1)[:, None]
     which = np.arange(slots)[None, :] % n
     directions = np.take_along_axis(found.centroids, which[..., None], 1)
-    scale = np.maximum(stats.top_value[found.units, 0], 0.0) * (found.n_facets > 0)
+    scale = np.maximum(reached, 0.0) * (found.n_facets > 0)
     settings = {**render_settings(config), "seeds": slots}
     objective = LAYER_OBJECTIVES[config.objective](layer, found.units.tolist())
     guide = Guide(found.feature_layer, config.facets.weight)
@@ -176,7 +178,7 @@ def _guided(config, model, layer: str, found: Facets, stats: LayerStatistics) ->
     )
 
 
-def _facets(config, model, dataset, stats, entry, pictures, stream) -> list[UnitFacets]:
+def _facets(config, model, dataset, stats, entry, pictures, values, stream) -> list[UnitFacets]:
     """Each unit's facets: its top images clustered, its seeds' coverage of them, and (with
     ``facets.render``) a picture guided to each facet."""
     f, layer = config.facets, entry["layer"]
@@ -189,7 +191,7 @@ def _facets(config, model, dataset, stats, entry, pictures, stream) -> list[Unit
     seeds = coverage(_directions(pictures, model, feature, batch), found.centroids, found.n_facets)
     guided = guided_cover = None
     if f.render:
-        plan = _guided(config, model, layer, found, stats)
+        plan = _guided(config, model, layer, found, values.mean(1))
         bar = Progress(plan.total_steps, label="checks: facet pictures", stream=stream,
                        enabled=config.progress)  # fmt: skip
         guided = run_plan(plan, progress=bar)
@@ -294,7 +296,7 @@ def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, 
                                     top_k=c.top_k)  # fmt: skip
         facets = None
         if config.facets.enabled:
-            facets = _facets(config, model, dataset, stats[layer], entry, pictures, stream)
+            facets = _facets(config, model, dataset, stats[layer], entry, pictures, values, stream)
         evidence = unit_evidence(
             model, dataset, stats[layer], units, values, entry["seeds"], top_k=c.top_k,
             detector_iou=c.detector_iou, far_above=c.far_above, paths=paths,

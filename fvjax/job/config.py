@@ -129,7 +129,7 @@ class FacetsConfig(keys.Checked):
     )
     render: bool = keys.key(keys.boolean, True, "render a picture guided to each facet", "checks")
     weight: float = keys.key(
-        keys.number(0.0), 1.0, "the guide's pull, in units of the top natural activation", "checks"
+        keys.number(0.0), 0.5, "the guide's pull, a share of what the seeds reach", "checks"
     )
     seed: int = keys.key(keys.integer(0), 0, "k-means's seed", "checks")
 
