@@ -402,8 +402,9 @@ def identity(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     under its identity's hash, shards of one job must share it, and an output directory that
     holds another identity's pictures is noted. Takes a config or its :func:`to_dict`.
 
-    >>> sorted(set(to_dict(Config())) - set(identity(Config())))
-    ['checkpoint', 'checkpoint_every', 'checks', 'distributed', 'output', 'progress', 'shard']
+    >>> sorted(set(to_dict(Config())) - set(identity(Config())))  # doctest: +NORMALIZE_WHITESPACE
+    ['checkpoint', 'checkpoint_every', 'checks', 'distributed', 'facets', 'output', 'progress',
+     'shard']
     """
     data = to_dict(config) if isinstance(config, Config) else config
     roles = {f.name: f.metadata["role"] for f in dataclasses.fields(Config)}
