@@ -35,8 +35,9 @@ def _assert_same(maps, masks, thresholds):
         (1, 3, 3, 2, 48, 48, 33),  # scale 16; more than 32 slots (two words a pixel)
     ],
 )
-@pytest.mark.parametrize("quantiles", [[0.99], [0.9, 0.95, 0.995]])
-def test_tiles_count_what_the_dense_upsampling_counts(shape, quantiles):
+def test_tiles_count_what_the_dense_upsampling_counts(shape):
+    # One threshold for an odd batch, a ladder of three for an even one.
+    quantiles = [0.99] if shape[0] % 2 else [0.9, 0.95, 0.995]
     maps, masks, thresholds = _case(0, *shape, quantiles)
     active = _assert_same(maps, masks, thresholds)[1]
     assert np.asarray(active).sum() > 0  # the thresholds leave something to count
