@@ -7,13 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_scan import _conv_model
 
 from fvjax.checks import facets
 from fvjax.checks.facets import choose_k, coverage, kmeans, natural_facets, silhouette
 from fvjax.checks.scan import dataset_pass
 from fvjax.data.datasets import world_dataset
 from fvjax.errors import ArgumentError, UnitRangeError
-from fvjax.models import from_fn
 
 SIZE = 32
 UNITS, N, D, K = 6, 30, 16, 3
@@ -239,19 +239,6 @@ def test_the_same_key_gives_the_same_clusters_and_a_unit_ignores_its_neighbours(
     np.testing.assert_array_equal(_kmeans(5, points)[0][:3], _kmeans(5, neighbours)[0][:3])
     seeds = [np.asarray(facets.kmeans_plus_plus(jax.random.key(i), points, K)) for i in (5, 6)]
     assert not np.array_equal(*seeds)
-
-
-def _conv_model():
-    """A signed 8x8x6 conv map, its ReLU, and a dense pooled layer."""
-    kernel = jax.random.normal(jax.random.key(1), (5, 5, 3, 6)) * 0.3
-
-    def apply(params, x):
-        pre = jax.lax.conv_general_dilated(
-            x - 0.5, params, (4, 4), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        return {"pre": pre, "relu": jax.nn.relu(pre), "pooled": pre.mean(axis=(1, 2))}
-
-    return from_fn(apply, params=kernel, name="conv")
 
 
 class _Counting:
