@@ -1,7 +1,7 @@
 """Planted polysemantic units (each the max of a stripe and a colour detector with equal optima):
 what plain seeds, diversity and natural facets show, against the known facets.
 
-Measured at 48 px, 128 steps, fourier + ``standard()``, 4 units x 4 seeds (2026-11-29, this
+Measured at 48 px, 96 steps, fourier + ``standard()``, 4 units x 4 seeds (2026-11-29, this
 CPU): plain seeds blend in 16 of 16 pictures; with ``Diversity("facets", 0.05)`` 8 of 16
 seeds show the stripes alone and none the colour alone (every unit has a single-facet seed,
 none has both); the natural facets (k = 2 over each unit's top 32 of 400 world images)
@@ -24,7 +24,7 @@ from fvjax.models.zoo.polysemantic import (
     polysemantic_units,
 )
 
-SIZE, STEPS, SEEDS = 48, 128, 4
+SIZE, STEPS, SEEDS = 48, 96, 4
 SETTINGS = dict(seeds=SEEDS, steps=STEPS, size=SIZE, transforms=fvjax.transforms.standard())
 
 

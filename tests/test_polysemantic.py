@@ -197,7 +197,7 @@ def test_fourier_renders_of_each_facet_show_that_facet_alone(model):
     """fvjax's defaults on each facet's channel: the picture scores high on its facet and low
     on the other, so :func:`facet_shown` can tell a facet found alone from a blend. Colour
     renders leave few edges for A because B is floored below 0 (``COLOUR_FLOOR``)."""
-    settings = {"seeds": 1, "steps": 128, "size": 48}
+    settings = {"seeds": 1, "steps": 96, "size": 48}
     result = fvjax.render(model, fvjax.objectives.channel(S.FACETS_LAYER, range(8)), **settings)
     scores = S.facet_scores(model, result.images.reshape(-1, 48, 48, 3)).reshape(4, 2, 1, 4, 2)
     own = np.stack([scores[unit, :, :, unit] for unit in range(4)])  # (unit, shown, seed, scored)
