@@ -5,6 +5,7 @@ import pytest
 from jax.test_util import check_grads
 
 from fvjax import param
+from fvjax.errors import ArgumentError
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 
@@ -78,3 +79,34 @@ def test_custom_parameterization_from_two_functions():
         to_image=lambda raw, size: jnp.clip(raw + 0.5, 0, 1),
     )
     assert p.to_image(p.init(None, (3, 3)), (3, 3)).shape == (3, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "p",
+    [
+        param.pixel(),
+        param.pixel(decorrelate=True, output="clip"),
+        param.fourier(),
+        param.fourier(decorrelate=False, decay=1.5, output="clip"),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("size", [(16, 16), (15, 21)])
+def test_from_image_inverts_to_image(p, size):
+    image = jax.random.uniform(jax.random.key(1), (*size, 3), minval=0.02, maxval=0.98)
+    raw = param.from_image(p, image, size)
+    assert jax.tree.map(jnp.shape, raw) == jax.tree.map(jnp.shape, p.init(jax.random.key(0), size))
+    np.testing.assert_allclose(p.to_image(raw, size), image, atol=1e-5)
+    # A sigmoid cannot reach 0 or 1: such pixels start EDGE inside.
+    edges = jnp.zeros((*size, 3)).at[0].set(1.0)
+    back = p.to_image(param.from_image(p, edges, size), size)
+    if p.output == "sigmoid":
+        np.testing.assert_allclose(back, jnp.clip(edges, param.EDGE, 1 - param.EDGE), atol=1e-5)
+    else:
+        np.testing.assert_allclose(back, edges, atol=1e-5)
+
+
+def test_from_image_needs_an_inverse():
+    custom = param.Parameterization(init=lambda k, s: jnp.zeros((*s, 3)), to_image=lambda r, s: r)
+    with pytest.raises(ArgumentError, match="from_image"):
+        param.from_image(custom, jnp.zeros((2, 2, 3)), (2, 2))

@@ -220,13 +220,14 @@ def _example_figure(src: ImageSource, name: str, example: Any) -> str:
 
 
 def _facets_html(e: Any, src: ImageSource, tag: str) -> str:
-    """A unit's facets side by side with their natural examples (and guided pictures)."""
+    """A unit's facets side by side with their natural examples (and each facet's picture:
+    started from its mean image, steered along what sets it apart)."""
     f = e.facets
     n = len(f.sizes)
     cover = f"the seeds ({', '.join(map(str, e.seeds))}) match facets "
     cover += f"{', '.join(str(int(m) + 1) for m in f.seed_facet)}: they cover {f.covered} of {n}"
     if f.pictures is not None:
-        cover += f"; the guided pictures cover {f.pictures_covered} of {n}"
+        cover += f"; the facet pictures cover {f.pictures_covered} of {n}"
     silhouette = "" if not np.isfinite(f.silhouette) else f" (silhouette {f.silhouette:.2f})"
     rows = []
     top_rank = {ex.index: rank for rank, ex in enumerate(e.top)}
@@ -234,7 +235,7 @@ def _facets_html(e: Any, src: ImageSource, tag: str) -> str:
         figures = []
         if f.pictures is not None:
             where = src(f"{tag}_facet{j}.png", f.pictures[j])
-            caption = f"guided to facet {j + 1} &middot; {f.activations[j]:.4g}"
+            caption = f"facet {j + 1}'s picture &middot; {f.activations[j]:.4g}"
             figures.append(_figure(where, caption, f"facet {j + 1}"))
         for index in f.members[j]:
             if int(index) in top_rank:

@@ -62,10 +62,11 @@ class UnitFacets(NamedTuple):
         silhouette: the clustering's mean silhouette (NaN with one facet).
         seed_facet: ``(S,)`` the facet each seed's picture lies nearest (activation space).
         covered: facets at least one seed lies nearest.
-        pictures: ``(F, H, W, 3)`` a picture guided to each facet, or ``None``.
+        pictures: ``(F, H, W, 3)`` a picture of each facet (started from its mean image,
+            steered along what sets it apart), or ``None``.
         activations: ``(F,)`` their objective values, or ``None``.
-        pictures_facet: ``(F,)`` the facet each guided picture lies nearest, or ``None``.
-        pictures_covered: facets a guided picture lies nearest, or ``None``.
+        pictures_facet: ``(F,)`` the facet each facet picture lies nearest, or ``None``.
+        pictures_covered: facets a facet picture lies nearest, or ``None``.
     """
 
     sizes: np.ndarray

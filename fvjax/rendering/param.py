@@ -67,8 +67,25 @@ def to_rgb(x: Array, decorrelate: bool, output: str) -> Array:
     return shifted + jax.lax.stop_gradient(jnp.clip(shifted, 0.0, 1.0) - shifted)
 
 
+def from_rgb(image: Array, decorrelate: bool, output: str) -> Array:
+    """The inverse of :func:`to_rgb`: unconstrained ``(..., 3)`` values whose pixels are
+    ``image``, kept ``EDGE`` inside (0, 1) where a sigmoid would need infinities."""
+    if output == "sigmoid":
+        clipped = jnp.clip(image, EDGE, 1.0 - EDGE)
+        x = jnp.log(clipped) - jnp.log1p(-clipped)
+    else:
+        x = image - 0.5
+    if decorrelate:
+        x = x @ jnp.asarray(np.linalg.inv(_COLOR_MIX).T)
+    return x
+
+
 #: How raw values become pixels in [0, 1]: a sigmoid, or a clip with a straight-through gradient.
 OUTPUTS = ("sigmoid", "clip")
+
+#: How far inside (0, 1) a start image's pixels are moved for a sigmoid output: a pixel at 0.01
+#: keeps 0.01 of the sigmoid's steepest slope, so it can still move.
+EDGE = 0.01
 
 
 def _check_output(output: str) -> None:
@@ -94,6 +111,11 @@ class Pixel:
     def to_image(self, raw: Array, size: tuple[int, int]) -> Array:
         """``(H, W, 3)`` in [0, 1]."""
         return to_rgb(raw, self.decorrelate, self.output)
+
+    def from_image(self, image: Array, size: tuple[int, int]) -> Array:
+        """The ``raw`` whose picture is ``image (H, W, 3)`` (pixels within ``EDGE`` of 0 or 1
+        moved inside with a sigmoid output)."""
+        return from_rgb(image, self.decorrelate, self.output)
 
 
 def spectrum_scale(size: tuple[int, int], decay: float) -> np.ndarray:
@@ -131,6 +153,37 @@ class Fourier:
         # norm="ortho" keeps the pixel scale independent of the image size.
         image = jnp.fft.irfft2(spectrum, s=size, norm="ortho")
         return to_rgb(jnp.moveaxis(image, 0, -1) / 4.0, self.decorrelate, self.output)
+
+    def from_image(self, image: Array, size: tuple[int, int]) -> Array:
+        """The ``raw`` whose picture is ``image (H, W, 3)`` (pixels within ``EDGE`` of 0 or 1
+        moved inside with a sigmoid output): ``irfft2`` inverts ``rfft2`` on real input, and
+        the 1/f scale is never 0."""
+        x = jnp.moveaxis(from_rgb(image, self.decorrelate, self.output) * 4.0, -1, 0)
+        spectrum = jnp.fft.rfft2(x, s=size, norm="ortho")
+        scale = jnp.asarray(spectrum_scale(size, self.decay))
+        return jnp.stack([spectrum.real / scale, spectrum.imag / scale]).astype(jnp.float32)
+
+
+def from_image(param: Any, image: Array, size: tuple[int, int]) -> Any:
+    """``param``'s raw variables for the picture ``image (H, W, 3)`` in [0, 1]: where a render
+    given ``starts`` begins. Needs a ``from_image`` method, as the built-ins have.
+
+    >>> p = fourier()
+    >>> image = jnp.full((8, 8, 3), 0.25)
+    >>> bool(jnp.allclose(p.to_image(from_image(p, image, (8, 8)), (8, 8)), image, atol=1e-5))
+    True
+    """
+    check_invertible(param)
+    return param.from_image(image, size)
+
+
+def check_invertible(param: Any) -> None:
+    """Raise unless ``param`` has ``from_image``, naming what is missing."""
+    if not callable(getattr(param, "from_image", None)):
+        raise ArgumentError(
+            f"starts need a parameterization with a from_image(image, size) method, the "
+            f"inverse of to_image; {type(param).__name__} has none (pixel() and fourier() do)"
+        )
 
 
 def pixel(decorrelate: bool = False, output: str = "sigmoid", init_std: float = 0.01) -> Pixel:
