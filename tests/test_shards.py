@@ -96,6 +96,9 @@ def test_merged_slices_are_the_one_process_render(whole, sliced):
         assert a.size == b.size
         assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= 1
     assert (sliced / "index.html").is_file()
+    # The run's label goes with it: process 0's, numbered in the one ledger at the root.
+    assert merged["procedure"]["kind"] == "exploratory" and merged["procedure"]["run"] == 1
+    assert "<b>exploratory</b>: procedure 1 of 1" in (sliced / "index.html").read_text()
     # The merged config is the job's own: rendering it in one process gives the same hash.
     config = config_lib.from_dict({k: v for k, v in merged["config"].items()})
     assert config_lib.sha256(config) == merged["config_sha256"]

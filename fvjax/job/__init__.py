@@ -5,10 +5,11 @@
 - :mod:`~fvjax.job.run`: the plan carried out, layer by layer (``fvjax.job.run.run(config)``);
 - :mod:`~fvjax.job.outputs`: pictures, grids and ``manifest.json``;
 - :mod:`~fvjax.job.gallery`: the HTML pages over them;
+- :mod:`~fvjax.job.procedure`: preregistration, the ledger of runs, labels and verdicts;
 - :mod:`~fvjax.job.shards`: one job over many processes, and their merge.
 """
 
-from fvjax.job import config, gallery, outputs, plan, run, shards
+from fvjax.job import config, gallery, outputs, plan, procedure, run, shards
 from fvjax.job.config import Config, from_dict, load
 from fvjax.job.plan import JobPlan, build_plan
 
@@ -22,6 +23,7 @@ __all__ = [
     "load",
     "outputs",
     "plan",
+    "procedure",
     "run",
     "shards",
 ]

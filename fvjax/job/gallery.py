@@ -1,12 +1,15 @@
 """The gallery: static HTML pages over an output directory, one per job and one per layer.
 
 Plain HTML and CSS with relative links: it opens from the filesystem, no server, no
-JavaScript. :mod:`fvjax.job.outputs` writes the pages beside the pictures they show.
+JavaScript. :mod:`fvjax.job.outputs` writes the pages beside the pictures they show. Every
+page says what its run was (:func:`procedure_html`): confirmatory, under a registration, or
+exploratory (:mod:`fvjax.job.procedure`).
 """
 
 from __future__ import annotations
 
 import html
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,10 @@ from fvjax.files import atomic_write
 MANIFEST = "manifest.json"
 INDEX = "index.html"
 GRID = "grid.png"
+#: The ledger of every run in an output root, and a confirmatory run's copy of its
+#: registration (:mod:`fvjax.job.procedure`).
+LEDGER = "ledger.jsonl"
+REGISTRATION = "registration.json"
 
 
 _CSS = """
@@ -66,6 +73,13 @@ figcaption { margin-top: 2px; font-size: 11px; color: var(--muted); text-align: 
 .flag { background: #c62828; color: #fff; border-radius: 3px; padding: 0 5px; font-size: 11px;
   margin-left: 4px; }
 .views a, .views b { margin-right: 12px; }
+.procedure { margin: 8px 0 2px; padding: 6px 10px; border-radius: 4px; color: var(--ink); }
+.exploratory { background: #fff3dc; } .confirmatory { background: #e3f3e6; }
+.procedure ul { margin: 4px 0 0; padding-left: 20px; }
+.runs { border-collapse: collapse; font-size: 12px; margin-top: 6px; }
+.runs td, .runs th { padding: 1px 8px 1px 0; text-align: left; }
+.verdict { font-size: 11px; margin-top: 4px; }
+.verdict b { color: #1b7a34; } .verdict.not b { color: #c62828; }
 """
 
 #: The layer page's views over its units: file, title, sort key, filter (over a unit's
@@ -105,6 +119,82 @@ def _facts_html(summary: Mapping[str, Any]) -> str:
         parts.append(f"seeds cover <b>{facets['covered']}</b> of {facets['n']} facets")
     flags = "".join(f'<span class="flag">{html.escape(f)}</span>' for f in summary["flags"])
     return f'<div class="facts">{" &middot; ".join(parts)}{flags}</div>'
+
+
+def procedure_html(label: Mapping[str, Any] | None, root: str = "", runs: bool = False) -> str:
+    """What a run was, for the top of a page (``label``: the manifest's ``procedure``):
+    confirmatory, with its registration and verdicts; or exploratory, which of the procedures
+    tried on the model, and how its config differs from the previous run's. ``root``: the
+    output directory, relative to the page; ``runs``: list every run of the ledger too.
+
+    >>> text = procedure_html({"kind": "exploratory", "run": 7, "procedure": 7,
+    ...     "procedures": 7, "differences": ["steps: 4 -> 8"], "ledger": []})
+    >>> "exploratory</b>: procedure 7 of 7 tried on this model" in text, "steps: 4 -&gt; 8" in text
+    (True, True)
+    """
+    if not label:
+        return ""
+    kind, run = label["kind"], label.get("run")
+    ledger = f'<a href="{root}{LEDGER}">ledger</a>'
+    where = "not in the ledger (process 0 of the job keeps it)" if run is None else f"run {run}"
+    if kind == "confirmatory":
+        units = [v for layer in label.get("verdicts", {}).values() for v in layer.values()]
+        found = Counter(v["verdict"] for v in units)
+        counts = ", ".join(f"{n} {html.escape(k)}" for k, n in sorted(found.items()))
+        text = (
+            f"<b>confirmatory</b>: the procedure registered {html.escape(label['registered'])}, "
+            f'<a href="{root}{REGISTRATION}">registration</a> SHA-256 '
+            f"<code>{label['registration_sha256'][:16]}</code>, {where} of the {ledger}; "
+            "verdicts by the registered thresholds: "
+            f"{counts or 'none yet (fvjax check --registered)'}"
+        )
+        details = "".join(
+            f"<li>versions differ from the registration's: {html.escape(d)}</li>"
+            for d in label.get("versions_differ", [])
+        )
+    else:
+        text = (
+            f"<b>exploratory</b>: procedure {label['procedure']} of {label['procedures']} tried "
+            f"on this model ({where} of the {ledger}); pictures tuned by looking cannot confirm "
+            "a hypothesis: register a procedure first (fvjax preregister)"
+        )
+        changed = label.get("differences")
+        if changed is None:
+            details = "<li>the first run in this output</li>"
+        elif not changed:
+            details = "<li>the same config as the previous run</li>"
+        else:
+            details = "".join(f"<li><code>{html.escape(d)}</code></li>" for d in changed)
+            text += f"; its config differs from the previous run's in {len(changed)} key(s):"
+    table = ""
+    if runs and label.get("ledger"):
+        columns = ("run", "command", "kind", "status", "started", "config_sha256", "differences")
+        cells = [["" if e.get(k) is None else str(e[k])[: 12 if k == "config_sha256" else 25]
+                  for k in columns] for e in label["ledger"]]  # fmt: skip
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells
+        )
+        head = "".join(f"<th>{h}</th>" for h in (*columns[:5], "config", "keys changed"))
+        table = f'<table class="runs"><tr>{head}</tr>{rows}</table>'
+    details = f"<ul>{details}</ul>" if details else ""
+    return f'<div class="procedure {kind}">{text}{details}{table}</div>'
+
+
+def verdict_html(verdict: Mapping[str, Any] | None) -> str:
+    """A unit's verdict under a registration (the manifest's ``procedure.verdicts``), or "".
+
+    >>> verdict_html({"verdict": "supported", "reasons": []})
+    '<div class="verdict">verdict <b>supported</b></div>'
+    """
+    if not verdict:
+        return ""
+    supported = verdict["verdict"] == "supported"
+    concept = f" (detects {html.escape(verdict['concept'])})" if verdict.get("concept") else ""
+    reasons = "; ".join(html.escape(r) for r in verdict["reasons"])
+    return (
+        f'<div class="verdict{"" if supported else " not"}">verdict <b>'
+        f"{html.escape(verdict['verdict'])}</b>{concept}{': ' + reasons if reasons else ''}</div>"
+    )
 
 
 def page(title: str, header: str, body: str) -> str:
@@ -167,6 +257,7 @@ def index_page(manifest: Mapping[str, Any]) -> str:
         f"<h1>fvjax gallery: {html.escape(manifest['model'])}{status}</h1>\n"
         f"<p>{len(manifest['layers'])} layer(s), {n_images} picture(s). "
         f'Details in <a href="{MANIFEST}">{MANIFEST}</a>.</p>\n<div class="meta">{meta}</div>'
+        f"{procedure_html(manifest.get('procedure'), runs=True)}"
     )
     cards = []
     for layer in manifest["layers"]:
@@ -194,12 +285,14 @@ def layer_page(
     model: str,
     checks: Mapping[str, Any] | None = None,
     view: str = INDEX,
+    procedure: Mapping[str, Any] | None = None,
 ) -> str:
     """``<slug>/index.html``: a tile per unit with each seed's picture and final activation.
 
     With the layer's ``checks`` (the manifest's ``checks.layers[layer]``), each tile links to
     the unit's card and shows its concept, reach and flags, and the page has one file per
-    :data:`VIEWS` entry (``view``), sorting or filtering the units by those figures.
+    :data:`VIEWS` entry (``view``), sorting or filtering the units by those figures. The run's
+    ``procedure`` (the manifest's) heads the page, and gives each unit its verdict, if any.
     """
     by_unit: dict[int, list[Mapping[str, Any]]] = {}
     for image in images:
@@ -248,6 +341,8 @@ def layer_page(
                 f'<a class="card-link" href="units/unit{unit:04d}.html" '
                 f'title="the card of unit {unit}">{inner}{_facts_html(summary)}</a>'
             )
+        verdicts = (procedure or {}).get("verdicts", {}).get(layer["layer"], {})
+        inner += verdict_html(verdicts.get(str(unit)))
         tiles.append(f'<div class="tile" id="unit{unit}">{inner}</div>')
     shape = "x".join(str(d) for d in layer["shape"]) if layer["shape"] else "?"
     views = ""
@@ -274,7 +369,7 @@ def layer_page(
         f"&middot; {width}x{height} px &middot; "
         f'<a href="{GRID}">grid.png</a></p>\n'
         "<p>Each caption is the objective's value on the final picture (higher is stronger).</p>"
-        f"{views}"
+        f"{procedure_html(procedure, '../')}{views}"
     )
     if not tiles:
         body = f"<p>No unit in this view ({html.escape(view_title)}).</p>"
@@ -291,6 +386,8 @@ def write_pages(out: Path, manifest: Mapping[str, Any]) -> None:
         images = [image for image in manifest["images"] if image["layer"] == entry["layer"]]
         checks = checked.get(entry["layer"])
         for view, *_ in VIEWS if checks else VIEWS[:1]:
-            text = layer_page(entry, images, manifest["model"], checks, view)
+            text = layer_page(
+                entry, images, manifest["model"], checks, view, manifest.get("procedure")
+            )
             atomic_write(out / entry["slug"] / view, text)
     atomic_write(out / INDEX, index_page(manifest))

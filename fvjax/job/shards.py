@@ -31,8 +31,9 @@ from jax.experimental import multihost_utils
 
 from fvjax.data.images import read_rgb
 from fvjax.errors import ShardError
-from fvjax.files import data_sha256
+from fvjax.files import atomic_write, data_sha256
 from fvjax.job.config import identity
+from fvjax.job.gallery import REGISTRATION
 from fvjax.job.keys import parse_shard
 from fvjax.job.outputs import RenderOutput, read_manifest
 from fvjax.rendering.engine import RenderResult
@@ -118,6 +119,9 @@ def merge(path: str | Path) -> dict[str, Any]:
     pictures, grids, manifest and gallery as a one-process render writes them. Returns the
     manifest, whose ``shards`` entry records each shard's directory, config hash and backend.
 
+    The merged manifest carries the run's label (``procedure``: exploratory or confirmatory,
+    as process 0 recorded it) and a confirmatory run's registration is copied beside it.
+
     Raises :class:`ShardError` naming missing, unfinished or mismatched shards.
     """
     path = Path(path)
@@ -143,6 +147,15 @@ def merge(path: str | Path) -> dict[str, Any]:
         }
         for directory, manifest in shards
     ]
+    # What the run was (exploratory or confirmatory): process 0's label, which numbers the run
+    # in the ledger; and the registration it ran under, if any, beside the merged manifest.
+    labels = [m["procedure"] for _, m in shards if m.get("procedure")]
+    if labels:
+        out.extra["procedure"] = next((x for x in labels if x.get("run") is not None), labels[0])
+    for directory, _ in shards:
+        if (directory / REGISTRATION).is_file():
+            atomic_write(path / REGISTRATION, (directory / REGISTRATION).read_bytes())
+            break
     layers: list[str] = []
     for _, manifest in shards:
         layers += [entry["layer"] for entry in manifest["layers"] if entry["layer"] not in layers]
