@@ -32,6 +32,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from fvjax.errors import OutputPathError
+
 #: fvjax's own version (also ``fvjax.__version__``).
 FVJAX_VERSION = "0.1.0"
 
@@ -57,7 +59,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     'hello'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(path.parent)
     payload = data.encode() if isinstance(data, str) else data
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -77,12 +79,79 @@ def exists(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
 
+def make_directory(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create folder ``path`` and its parents (nothing to do when it is there), or raise
+    :class:`~fvjax.errors.OutputPathError`: a sentence naming ``what`` and ``path``, the
+    problem and what to do, where ``mkdir`` would say ``[Errno 17] File exists``.
+
+    >>> import tempfile
+    >>> file = Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> _ = file.write_text("mine")
+    >>> make_directory(file / "out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    fvjax.errors.OutputPathError: output folder ... cannot be created: .../notes.txt is a file, ...
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = directory_problem(path, what)
+        raise OutputPathError(
+            problem
+            or f"{what} {path} cannot be created ({exc.strerror or exc}); choose another "
+            "output path"
+        ) from exc
+    return path
+
+
+def directory_problem(path: str | os.PathLike, what: str = "output folder") -> str | None:
+    """Why folder ``path`` cannot be made or written, as a sentence (``None``: it can).
+
+    Looks before any work starts, creating nothing: an existing file at ``path`` or above it, or
+    a folder that takes no new entries (permissions, a read-only or virtual filesystem such as
+    ``/proc``: a probe folder is made there and removed at once).
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> directory_problem(folder / "new" / "out") is None
+    True
+    >>> _ = (folder / "out").write_text("mine")
+    >>> print(directory_problem(folder / "out"))  # doctest: +ELLIPSIS
+    output folder .../out is an existing file, not a folder; choose another output path or ...
+    """
+    path = Path(path)
+    # os.path's lexists and isdir say False where pathlib would raise (a folder we cannot read)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        kind = "an existing file" if os.path.exists(path) else "a broken link"
+        return f"{what} {path} is {kind}, not a folder; choose another output path or move it away"
+    # The nearest part of the path that is there ('.' or '/' at the latest).
+    there = next(p for p in (path, *path.parents) if os.path.lexists(p))
+    if not os.path.isdir(there):
+        return (
+            f"{what} {path} cannot be created: {there} is a file, not a folder; "
+            "choose another output path"
+        )
+    try:
+        probe = tempfile.mkdtemp(dir=there, prefix=".fvjax-probe-")
+    except OSError as exc:
+        problem = "cannot be written: it" if there == path else f"cannot be created: {there}"
+        return (
+            f"{what} {path} {problem} takes no new folders ({exc.strerror or exc}); "
+            "choose another output path, in a folder you can write to"
+        )
+    os.rmdir(probe)
+    return None
+
+
 def write_directory(path: Path, write: Callable[[Path], None]) -> None:
     """Make directory ``path`` whole or not at all: ``write(staging)`` fills a hidden sibling,
     which is then renamed into place (replacing an old ``path``). A kill mid-way leaves the old
     ``path`` or, between the two renames of a replacement, no ``path``; never a partial one.
     Leftover staging directories match ``.<name>.*.tmp*`` (see :func:`remove_staging`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        make_directory(path.parent)
+    except OutputPathError as exc:  # say it of `path`, the folder asked for
+        raise OutputPathError(directory_problem(path) or str(exc)) from exc
     # A sibling, so the renames stay on one filesystem (and atomic); hidden while unfinished.
     staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     staging.mkdir()
@@ -104,9 +173,30 @@ def write_directory(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def remove_staging(directory: Path) -> None:
-    """Remove what a killed :func:`write_directory` left in ``directory``."""
+    """Remove what a killed :func:`write_directory` or :func:`remove_directory` left in
+    ``directory``."""
     for leftover in directory.glob(".*.tmp*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_directory(path: Path) -> None:
+    """Remove directory ``path`` whole or not at all: it is renamed to a hidden sibling first,
+    then deleted. ``shutil.rmtree`` deletes file by file, and a kill mid-way left a directory
+    with some of its files gone, which read as damaged; now a kill leaves ``path`` as it was or
+    gone, and a leftover that :func:`remove_staging` finds.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / "inflight").mkdir()
+    >>> remove_directory(folder / "inflight"); list(folder.iterdir())
+    []
+    """
+    doomed = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.old")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 # -- hashes ---------------------------------------------------------------------------------

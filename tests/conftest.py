@@ -1,9 +1,35 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and a guard that keeps a failing test's report from crashing pytest."""
 
 import contextlib
+import gc
 
 import jax
 import pytest
+
+from fvjax.checks import manipulated
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Build each report (a failure's traceback included) with the garbage collector paused.
+
+    pytest parses the failing test's file (``ast.parse``) to show its source. On CPython
+    3.11.0-3.11.7 and 3.12.0-3.12.1 (python/cpython#106905, fixed by #113035) a second
+    ``ast.parse`` that starts while the first builds its tree resets a counter both share, and
+    the first then raises ``SystemError: AST constructor recursion depth mismatch``: pytest
+    dies with INTERNALERROR instead of printing the failure. A collection that runs in the
+    middle of the tree's allocations can start that second parse: a finalizer that raises is
+    handed to pytest's unraisable-exception hook, which formats its traceback, and Python 3.11's
+    traceback formatting parses source to place its ``^^^`` marks. With the collector paused
+    no finalizer runs inside the parse (tests/test_layout.py rebuilds the crash).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @pytest.fixture
@@ -12,6 +38,13 @@ def strict_promotion():
     implicit promotion. (optax itself does not pass under it, so the engine tests run without.)"""
     with jax.numpy_dtype_promotion("strict"):
         yield
+
+
+@pytest.fixture(scope="session")
+def silent_unit():
+    """WorldNet with a silent branch on ``block3/conv`` unit 63: calibrated once a session
+    (5 s), for the checks' tests and the manipulation's own."""
+    return manipulated.silent_unit()
 
 
 @pytest.fixture

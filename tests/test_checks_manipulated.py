@@ -1,10 +1,10 @@
 """The checks catch planted manipulations (Geirhos et al. 2023) and flag few clean units.
 
-Measured with these settings (500 world images, 2 seeds, 128 steps; 2-core CPU, 2026-11-29):
-clean worldnet logits 1 of 25 flagged off-path, the fooling circuit's 15 of 25; the silent
-unit's pictures reach 44-46 natural spreads (clean units: at most 18), flagged
-far-above-natural. With the default job's procedure (4
-seeds, 256 steps): clean logits 1 of 25, clean ``block3/conv`` 8 of 64, fooled logits 15 of 25.
+Measured with these settings (500 world images, one seed, 128 steps; 2-core CPU, 2026-11-29):
+clean worldnet logits 1 of 25 flagged off-path, the fooling circuit's 16 of 25 (with two seeds:
+1 and 15, at 1.5x the time); the silent unit's picture reaches 46 natural spreads (its
+neighbours 5-10), flagged far-above-natural. With the default job's procedure (4 seeds, 256
+steps): clean logits 1 of 25, clean ``block3/conv`` 8 of 64, fooled logits 15 of 25.
 """
 
 import numpy as np
@@ -19,7 +19,7 @@ from fvjax.checks.scan import dataset_pass
 from fvjax.data.datasets import world_dataset
 
 RENDER = dict(
-    seeds=2, steps=128, size=64, param=fvjax.param.fourier(decorrelate=True),
+    seeds=1, steps=128, size=64, param=fvjax.param.fourier(decorrelate=True),
     transforms=fvjax.transforms.standard(scale=0.5), optimizer=optax.adam(0.05),
 )  # fmt: skip
 
@@ -47,14 +47,14 @@ def test_a_fooling_circuit_is_flagged_off_path_and_clean_logits_are_not(world):
     clean_rate = sum("off-path" in e.flags for e in clean.values())
     fooled_rate = sum("off-path" in e.flags for e in fooled.values())
     assert clean_rate <= 4, clean_rate  # measured 1
-    assert fooled_rate >= 12, fooled_rate  # measured 15
+    assert fooled_rate >= 12, fooled_rate  # measured 16
     # On natural images the circuit is invisible: the same top examples for every unit.
     assert all((clean[u].top[0].index == fooled[u].top[0].index) for u in units)
 
 
 @pytest.mark.slow
-def test_a_silent_unit_is_flagged_far_above_natural_and_its_neighbours_are_not(world):
-    flagged = _flags(manipulated.silent_unit(), world, "block3/conv", [63, 8, 31, 5], steps=256)
+def test_a_silent_unit_is_flagged_far_above_natural_and_its_neighbours_are_not(world, silent_unit):
+    flagged = _flags(silent_unit, world, "block3/conv", [63, 8, 31, 5], steps=256)
     assert "far-above-natural" in flagged[63].flags
     assert np.all(flagged[63].reach > 30)
     for unit in (8, 31, 5):

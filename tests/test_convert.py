@@ -232,3 +232,57 @@ def test_weights_are_checked_against_a_template_not_drawn(monkeypatch, state_fil
 def test_resnet_template_matches_its_random_weights():
     shapes = jax.tree.map(lambda s: (s.shape, s.dtype), resnet.param_shapes())
     assert shapes == jax.tree.map(lambda x: (x.shape, x.dtype), resnet.random_params())
+
+
+def _cut(path, tmp_path, keep):
+    """A copy of ``path`` cut after ``keep`` bytes (negative: that many bytes short)."""
+    data = path.read_bytes()
+    cut = tmp_path / f"cut{path.suffix}"
+    cut.write_bytes(data[:keep])
+    return cut, len(data)
+
+
+def test_a_truncated_safetensors_file_is_called_truncated(capsys, state_files, tmp_path):
+    # Cut inside the last tensors, as an interrupted download leaves it.
+    cut, size = _cut(state_files["safetensors"], tmp_path, -(1 << 20))
+    status, stdout, stderr = _convert(capsys, "--model", "inceptionv1", cut, tmp_path / "o")
+    assert status == 2 and stdout == ""
+    assert stderr == (
+        f"fvjax: error: {cut} is truncated: expected {size} bytes, found {size - (1 << 20)}; "
+        "the file was cut short (an interrupted download or copy?): download or copy it again\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.safetensors"]
+    cut, _ = _cut(state_files["safetensors"], tmp_path, 100)  # inside the JSON header
+    with pytest.raises(weights.WeightsError, match=r"is truncated: expected at least \d+ bytes, "):
+        weights.load_state_dict(cut)
+
+
+@pytest.mark.parametrize("keep", [20, 300, 1000, -10])
+def test_a_truncated_npz_file_is_called_truncated(tmp_path, keep):
+    whole = tmp_path / "w.npz"
+    np.savez(whole, a=np.zeros(100), b=np.ones((3, 4), np.float32))
+    cut, size = _cut(whole, tmp_path, keep)
+    found = cut.stat().st_size
+    with pytest.raises(weights.WeightsError) as info:
+        weights.load_state_dict(cut)
+    message = str(info.value)
+    assert message.startswith(f"{cut} is truncated: expected at least "), message
+    assert f" bytes, found {found}; " in message and message.endswith("download or copy it again")
+    expected = int(message.split("at least ")[1].split(" ")[0])
+    assert found < expected <= size  # a true lower bound: never more than the whole file
+    if keep == 300:  # cut inside member a: the file needs all of a and its directory entry
+        assert expected > 1000
+
+
+def test_a_truncated_pth_file_is_called_truncated(tmp_path):
+    torch = pytest.importorskip("torch")
+    whole = tmp_path / "w.pth"
+    torch.save({"fc.weight": torch.ones(64, 32)}, whole)
+    cut, _ = _cut(whole, tmp_path, -100)
+    with pytest.raises(
+        weights.WeightsError, match=r"cut\.pth is truncated: found \d+ bytes and no"
+    ):
+        weights.load_state_dict(cut)
+    cut.write_bytes(b"not a torch file")
+    with pytest.raises(weights.WeightsError, match=r"torch cannot read it \(.+\); save the state"):
+        weights.load_state_dict(cut)

@@ -28,8 +28,8 @@ def original(natural):
 
 
 @pytest.fixture(scope="module")
-def silent():
-    return manipulated.silent_unit()
+def silent(silent_unit):
+    return silent_unit
 
 
 def activations(model, images):

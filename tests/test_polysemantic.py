@@ -173,13 +173,13 @@ def test_rendering_each_facet_alone_reaches_its_optimum_of_one(model):
         model,
         fvjax.objectives.channel(S.FACETS_LAYER, range(8)),
         seeds=2,
-        steps=128,
+        steps=64,  # 128 steps gained 0.001 on every facet
         size=SIZE,
         param=fvjax.param.pixel(output="clip"),
         transforms=fvjax.transforms.identity(),
     )
     reached = result.activations.reshape(4, 2, 2)  # (unit, facet, seed)
-    # Measured: stripes 0.996-0.998, colours 0.998; the other facet at most 0.01.
+    # Measured: stripes 0.996, colours 0.996-0.997; the other facet at most 0.01.
     assert (reached.max(axis=-1) >= 0.9).all(), reached.round(3)
     assert (reached <= 1.03).all(), reached.round(3)
     pictures = result.images.reshape(-1, SIZE, SIZE, 3)
@@ -189,7 +189,7 @@ def test_rendering_each_facet_alone_reaches_its_optimum_of_one(model):
         assert scores[unit, 1, :, unit, 0].max() < 0.05, scores[unit, 1, :, unit].round(3)
     found = planted.dominant_orientation(result.images[0::2])  # (units, seeds)
     error = planted.angle_difference(found.degrees, np.array([a for a, _ in S.PAIRS])[:, None])
-    assert error.max() <= 10.0, error.round(1)  # measured at most 3.0 degrees
+    assert error.max() <= 10.0, error.round(1)  # measured at most 3.2 degrees
 
 
 @pytest.mark.slow

@@ -45,6 +45,10 @@ class KillAt(Progress):
         if self.done >= self.at:
             raise Killed
 
+    def skip(self, n: int, note: str | None = None) -> None:
+        super().skip(n, note)  # restored work: counted, not timed
+        self.notes.append(note or "")
+
 
 def _assert_same(a, b):
     np.testing.assert_array_equal(a.images, b.images)
@@ -86,57 +90,60 @@ def test_a_checkpoint_of_another_job_is_refused(rgb_model, tmp_path):
         fvjax.render(rgb_model, O.channel("rgb", [1]), checkpoint_dir=tmp_path, **KWARGS)
 
 
+# The child renders 3 chunks of 2 pictures, 12 steps each, saving the chunk in flight every 4
+# steps. Once chunk 0 is saved and chunk 1 has saved its step 8, it says so in a file and
+# waits to be killed: the test waits on that event, not on a time.
+STOP_AT_CALL = 12 + 8 + 1  # the first step call after chunk 1's in-flight save at step 8
+KILL_ME = dict(seeds=2, steps=12, size=16, batch_size=2, checkpoint_every=4, steps_per_call=1)
 SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import time
+    f"""
+    import os, sys, time
     import fvjax
     from fvjax import objectives as O, param as P, transforms as T
     from fvjax.rendering import engine
-    run_steps = engine.run_steps
-    def slow_run_steps(*args, **kwargs):  # >= 2 s a chunk: a busy CI's test process can poll
-        time.sleep(0.005)                 # late and still kill the job in its second chunk
+    run_steps, calls = engine.run_steps, [0]
+    def run_steps_then_wait(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == {STOP_AT_CALL}:
+            with open(sys.argv[2] + ".tmp", "w") as f:
+                f.write(str(calls[0]))
+            os.replace(sys.argv[2] + ".tmp", sys.argv[2])  # whole, or not there
+            time.sleep(600)  # killed long before
+            sys.exit(3)
         return run_steps(*args, **kwargs)
-    engine.run_steps = slow_run_steps
-    model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
-    fvjax.render(model, O.channel("rgb", [0, 1, 2]), seeds=2, steps=400, size=16, batch_size=2,
-                 param=P.pixel(), transforms=T.compose(T.pad(2), T.jitter(4)),
-                 checkpoint_dir=sys.argv[1], checkpoint_every=50)
+    engine.run_steps = run_steps_then_wait
+    model = fvjax.from_fn(lambda x: {{"rgb": x}}, name="rgb")
+    fvjax.render(model, O.channel("rgb", [0, 1, 2]), param=P.pixel(),
+                 transforms=T.compose(T.pad(2), T.jitter(4)), checkpoint_dir=sys.argv[1],
+                 **{KILL_ME!r})
     """
 )
 
 
 @pytest.mark.slow
 def test_a_killed_process_resumes_where_it_stopped(tmp_path):
-    ckpt = tmp_path / "ckpt"
+    ckpt, ready = tmp_path / "ckpt", tmp_path / "ready"
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(Path(fvjax.__file__).parents[1]))
-    proc = subprocess.Popen([sys.executable, str(script), str(ckpt)], env=env)
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt), str(ready)], env=env)
     try:
-        deadline = time.monotonic() + 120
-        while not (ckpt / "chunk_00000").is_dir() and proc.poll() is None:
-            assert time.monotonic() < deadline, "the job never finished its first chunk"
+        deadline = time.monotonic() + 540  # only against a hang: the event ends the wait
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
-    assert not (ckpt / "chunk_00002").exists()
+    assert ready.exists(), f"the job exited with {proc.returncode} before chunk 1's step 8"
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in ckpt.iterdir()) == ["chunk_00000", "inflight", "job.json"]
     model = fvjax.from_fn(lambda x: {"rgb": x}, name="rgb")
-    kwargs = dict(
-        seeds=2,
-        steps=400,
-        size=16,
-        batch_size=2,
-        param=P.pixel(),
-        transforms=T.compose(T.pad(2), T.jitter(4)),
-    )
-    resumed = fvjax.render(
-        model, O.channel("rgb", [0, 1, 2]), checkpoint_dir=ckpt, checkpoint_every=50, **kwargs
-    )
-    whole = fvjax.render(model, O.channel("rgb", [0, 1, 2]), **kwargs)
-    _assert_same(resumed, whole)
+    objective = O.channel("rgb", [0, 1, 2])
+    kwargs = dict(param=P.pixel(), transforms=T.compose(T.pad(2), T.jitter(4)), **KILL_ME)
+    bar = KillAt()
+    resumed = fvjax.render(model, objective, checkpoint_dir=ckpt, progress=bar, **kwargs)
+    assert bar.notes[:2] == ["chunk 1/3 (from checkpoint)", "chunk 2/3 (resumed at step 8)"]
+    _assert_same(resumed, fvjax.render(model, objective, **kwargs))
 
 
 def test_the_cli_resumes_a_killed_job_from_its_checkpoints(tmp_path, monkeypatch):

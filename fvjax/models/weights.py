@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -47,6 +49,9 @@ _DTYPES = {
     "BOOL": np.bool_,
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items() if k != "BF16"}
+#: The safetensors format caps its JSON header at 100 MB: a larger length is no such file.
+_MAX_HEADER = 100_000_000
+_ZIP_LOCAL, _ZIP_END = b"PK\x03\x04", b"PK\x05\x06"  # a member's header; the directory's end
 
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -60,23 +65,32 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     The format: an 8-byte little-endian header length, a JSON header
     ``{name: {"dtype", "shape", "data_offsets": [begin, end]}}`` (plus an optional
     ``"__metadata__"``), then the raw little-endian bytes, offsets counted from their start.
+    A file cut short (an interrupted download or copy) is called truncated, with the size its
+    header promises.
     """
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < 8:
         raise WeightsError(f"{path}: not a safetensors file (shorter than its 8-byte header)")
     (n,) = struct.unpack("<Q", data[:8])
+    if n > _MAX_HEADER:
+        raise WeightsError(
+            f"{path}: not a safetensors file (its first 8 bytes give a header of {n} bytes, "
+            f"more than the format's {_MAX_HEADER})"
+        )
     if 8 + n > len(data):
-        raise WeightsError(f"{path}: header length {n} runs past the end of the file")
+        raise _truncated(path, f"expected at least {8 + n} bytes, found {len(data)}")
     try:
         header = json.loads(data[8 : 8 + n])
     except ValueError as exc:
         raise WeightsError(f"{path}: unreadable safetensors header: {exc}") from exc
+    tensors = {name: info for name, info in header.items() if name != "__metadata__"}
+    need = 8 + n + max((info["data_offsets"][1] for info in tensors.values()), default=0)
+    if need > len(data):
+        raise _truncated(path, f"expected {need} bytes, found {len(data)}")
     body = memoryview(data)[8 + n :]
     out: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
+    for name, info in tensors.items():
         dtype = info.get("dtype")
         if dtype not in _DTYPES:
             raise WeightsError(
@@ -86,12 +100,78 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         shape = tuple(info["shape"])
         np_dtype = np.dtype(_DTYPES[dtype]).newbyteorder("<")
         count = int(np.prod(shape, dtype=np.int64))
-        if end - begin != count * np_dtype.itemsize or end > len(body):
-            raise WeightsError(f"{path}: tensor {name!r} has {end - begin} bytes for {shape}")
+        if end - begin != count * np_dtype.itemsize:
+            raise WeightsError(
+                f"{path}: damaged header: tensor {name!r} spans {end - begin} bytes, but "
+                f"{dtype} {shape} needs {count * np_dtype.itemsize}; write the file again"
+            )
         array = np.frombuffer(body[begin:end], dtype=np_dtype).reshape(shape)
         array = _bf16_to_f32(array) if dtype == "BF16" else array.astype(np_dtype.newbyteorder("="))
         out[name] = array
     return out
+
+
+def _truncated(path: str | os.PathLike, sizes: str) -> WeightsError:
+    """The error for a weights file cut short; ``sizes`` says by how much (``"expected N bytes,
+    found M"``)."""
+    return WeightsError(
+        f"{path} is truncated: {sizes}; the file was cut short (an interrupted download or "
+        "copy?): download or copy it again"
+    )
+
+
+def _zip_cut_short(path: str | os.PathLike) -> WeightsError | None:
+    """The error for a zip file (``.npz``, torch's ``.pth``) cut short, or ``None`` when
+    ``path`` is no zip file or a whole one.
+
+    A zip file ends with its directory, so a cut one has none. Where the members' local headers
+    carry their sizes (numpy's writer; torch's puts them after the data), the walk over them
+    gives how many bytes the file needs at least.
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> np.savez(path, a=np.zeros(100))
+    >>> with open(path, "r+b") as f:
+    ...     _ = f.truncate(300)
+    >>> print(_zip_cut_short(path))  # doctest: +ELLIPSIS
+    /.../w.npz is truncated: expected at least 1056 bytes, found 300; ...
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.rfind(_ZIP_END, max(0, len(data) - 22 - 0xFFFF))
+    if not data.startswith(_ZIP_LOCAL) or 0 <= end <= len(data) - 22:  # no zip, or a whole one
+        return None
+    if end >= 0:  # cut inside the record that ends the directory
+        return _truncated(path, f"expected at least {end + 22} bytes, found {len(data)}")
+    pos, directory = 0, 22  # the end-of-directory record, at least
+    while data[pos : pos + 4] == _ZIP_LOCAL and pos + 30 <= len(data):
+        flag, size, name_length, extra_length = struct.unpack_from(
+            "<2x H 10x I 4x H H", data, pos + 4
+        )
+        start = pos + 30 + name_length + extra_length  # where the member's data begins
+        if start > len(data):  # cut inside this header
+            break
+        if flag & 8:  # sizes in a descriptor after the data (torch's writer): unknown here
+            return _truncated(
+                path, f"found {len(data)} bytes and no zip directory (a whole file ends with one)"
+            )
+        if size == 0xFFFFFFFF:  # zip64: the sizes are in the extra field (id 1)
+            size = _zip64_size(data[pos + 30 + name_length : start])
+        pos = start + size
+        directory += 46 + name_length  # its directory entry, at least
+    need = max(pos + directory, len(data) + 1)  # cut inside a member, its header or the directory
+    return _truncated(path, f"expected at least {need} bytes, found {len(data)}")
+
+
+def _zip64_size(extra: bytes) -> int:
+    """The compressed size in a local header's zip64 extra field (0 when it has none)."""
+    at = 0
+    while at + 4 <= len(extra):
+        kind, length = struct.unpack_from("<HH", extra, at)
+        if kind == 1 and length >= 16 and at + 20 <= len(extra):
+            return struct.unpack_from("<Q", extra, at + 12)[0]
+        at += 4 + length
+    return 0
 
 
 def write_safetensors(
@@ -139,8 +219,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return read_safetensors(path)
     if suffix == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            # Our own handle: np.load leaves its own open when the zip is unreadable.
+            with open(path, "rb") as file, np.load(file, allow_pickle=False) as npz:
                 return {name: npz[name] for name in npz.files}
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise _zip_cut_short(path) or WeightsError(
+                f"{path}: not an .npz file ({exc}); write one with numpy.savez"
+            ) from exc
         except ValueError as exc:
             raise WeightsError(f"{path}: cannot read without unpickling: {exc}") from exc
     if suffix in (".pth", ".pt"):
@@ -151,7 +236,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"{path}: reading .pth needs torch; convert it to .safetensors or .npz "
                 "(e.g. numpy.savez(out, **{k: v.numpy() for k, v in state_dict.items()}))"
             ) from exc
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            said = str(exc).strip().split(". ")[0] or type(exc).__name__  # torch says a lot
+            raise _zip_cut_short(path) or WeightsError(
+                f"{path}: torch cannot read it ({said}); save the state dict again"
+            ) from exc
         if not isinstance(state, Mapping):
             raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
         return {name: value.detach().float().numpy() for name, value in state.items()}

@@ -15,7 +15,6 @@ leaves the previous save intact.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from fvjax.errors import CheckpointMismatchError
-from fvjax.files import atomic_write, remove_staging, restore_arrays, save_arrays
+from fvjax.files import (
+    atomic_write,
+    make_directory,
+    remove_directory,
+    remove_staging,
+    restore_arrays,
+    save_arrays,
+)
 
 
 class ResumeStore:
@@ -36,8 +42,7 @@ class ResumeStore:
     """
 
     def __init__(self, directory: str | Path, identity: dict[str, Any]) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = make_directory(directory, "checkpoint folder")
         remove_staging(self.directory)  # what a killed save left behind
         job_file = self.directory / "job.json"
         if job_file.exists():
@@ -63,7 +68,7 @@ class ResumeStore:
     def save_chunk(self, chunk: int, results: dict[str, np.ndarray]) -> None:
         """Save a finished chunk's arrays and drop the in-flight state."""
         save_arrays(self._chunk_path(chunk), results)
-        shutil.rmtree(self.directory / "inflight", ignore_errors=True)
+        remove_directory(self.directory / "inflight")  # whole or not at all, even if killed
 
     def load_chunk(self, chunk: int, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A finished chunk's arrays, shaped like ``like``."""
@@ -87,7 +92,7 @@ class ResumeStore:
                 f"{path}: unreadable in-flight checkpoint ({exc}); its chunk starts over",
                 stacklevel=2,
             )
-            shutil.rmtree(path, ignore_errors=True)
+            remove_directory(path)
             return None
         saved_chunk, done = (int(v) for v in restored["meta"])
         if saved_chunk != chunk:
