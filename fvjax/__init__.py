@@ -30,7 +30,7 @@ from fvjax.errors import (
 )
 from fvjax.files import FVJAX_VERSION as __version__
 from fvjax.models import Model, from_fn, from_linen, from_nnx, zoo
-from fvjax.rendering import objectives, param, transforms
+from fvjax.rendering import maco, objectives, param, transforms
 from fvjax.rendering.engine import RenderResult, render, render_layer
 from fvjax.rendering.seeds import Diversity, Guide
 
@@ -53,6 +53,7 @@ __all__ = [
     "from_linen",
     "from_nnx",
     "job",
+    "maco",
     "models",
     "objectives",
     "param",

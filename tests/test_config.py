@@ -13,10 +13,10 @@ def test_defaults_are_valid_and_resolve_to_every_key():
         "model", "layers", "units", "objective", "seeds", "steps", "size", "batch_size",
         "steps_per_call", "param", "transforms", "optimizer", "output", "progress",
         "checkpoint", "checkpoint_every", "devices", "weights", "shard", "distributed",
-        "model_dtype", "remat", "diversity", "checks", "facets",
+        "model_dtype", "remat", "redirect_relu", "diversity", "checks", "facets",
     }  # fmt: skip
     assert data["param"] == {"kind": "fourier", "decorrelate": True, "decay": 1.0,
-                             "output": "sigmoid"}  # fmt: skip
+                             "output": "sigmoid", "spectrum": ""}  # fmt: skip
     assert data["layers"] == ["block3"] and data["units"] == "all"
     assert len(sha) == 64 and int(sha, 16) >= 0
 

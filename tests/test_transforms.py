@@ -91,3 +91,20 @@ def test_the_fused_affine_matches_its_parts():
     big = np.asarray(T.pad(2)(None, image))
     crops = [big[y : y + 15, x : x + 15] for y in range(5) for x in range(5)]
     assert min(np.abs(out - c).max() for c in crops) < 1e-5
+
+
+def test_a_whole_centred_crop_is_the_identity_and_smaller_ones_zoom_in():
+    image = _ramp()
+    whole = jax.jit(T.random_crop(box=(1.0, 1.0), centre_std=0.0))
+    np.testing.assert_allclose(whole(jax.random.key(3), image), image, atol=1e-5)
+    half = jax.jit(T.random_crop(box=(0.5, 0.5), centre_std=0.0))(jax.random.key(3), image)
+    # The middle half, twice as large: the ramp's slope doubles.
+    np.testing.assert_allclose(np.diff(half[:, 0, 0]), 0.5 / 16, atol=1e-5)
+    crops = jax.jit(jax.vmap(T.random_crop()))(
+        jax.random.split(jax.random.key(0), 4), jnp.stack([image] * 4)
+    )
+    assert all(float(jnp.abs(crops[i] - crops[0]).max()) > 0.01 for i in range(1, 4))
+    noisy = jax.jit(T.noise(0.1))(jax.random.key(0), image) - image
+    assert 0.08 < float(noisy.std()) < 0.12 and T.output_size(T.noise(0.1), (16, 16)) == (16, 16)
+    with pytest.raises(ValueError, match="box"):
+        T.random_crop(box=(0.0, 1.0))

@@ -2,7 +2,9 @@
 
 - :mod:`~fvjax.rendering.objectives`: what a picture maximizes (pure, composable pytrees);
 - :mod:`~fvjax.rendering.param`: how a picture is parameterized (pixels, Fourier);
+- :mod:`~fvjax.rendering.maco`: MACO's phase-only pictures over a dataset's spectrum;
 - :mod:`~fvjax.rendering.transforms`: the per-image robustness transforms;
+- :mod:`~fvjax.rendering.redirect`: redirected ReLU gradients, for any JAX model;
 - :mod:`~fvjax.rendering.seeds`: what ties a unit's seeds together (diversity, facet guides);
 - :mod:`~fvjax.rendering.step`: the compiled optimization step over a batch of pictures;
 - :mod:`~fvjax.rendering.engine`: chunks of that program, planned then run (:func:`render`);
@@ -10,7 +12,7 @@
 - :mod:`~fvjax.rendering.cost`: what a step costs, compiled but not run (for benchmarks).
 """
 
-from fvjax.rendering import objectives, param, seeds, transforms
+from fvjax.rendering import maco, objectives, param, redirect, seeds, transforms
 from fvjax.rendering.engine import (
     RenderPlan,
     RenderResult,
@@ -23,9 +25,11 @@ from fvjax.rendering.engine import (
 __all__ = [
     "RenderPlan",
     "RenderResult",
+    "maco",
     "objectives",
     "param",
     "plan_render",
+    "redirect",
     "render",
     "render_layer",
     "run_plan",

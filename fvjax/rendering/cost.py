@@ -35,6 +35,7 @@ def lower_step(
     optimizer: optax.GradientTransformation | None = None,
     model_dtype: str = "float32",
     remat: str = "none",
+    redirect_relu: int = 0,
 ) -> jax.stages.Lowered:
     """The program of one render step for ``batch`` images on one device, as handed to XLA.
 
@@ -54,7 +55,17 @@ def lower_step(
     >>> flops["convs"] > flops["none"]  # sin is computed again in the backward pass
     True
     """
-    setup = make_setup(model, objective, size, param, transforms, optimizer, model_dtype, remat)
+    setup = make_setup(
+        model,
+        objective,
+        size,
+        param,
+        transforms,
+        optimizer,
+        model_dtype,
+        remat,
+        redirect_relu=redirect_relu,
+    )
     state, chunk_objective, keys, params = _abstract_step(setup, model, objective, batch)
     none = jax.ShapeDtypeStruct((keys.shape[0], 0), jnp.float32)  # no guide
     return run_steps.lower(setup, 1, state, chunk_objective, keys, params, none)

@@ -143,6 +143,53 @@ class RandomAffine:
 
 
 @dataclasses.dataclass(frozen=True)
+class RandomCrop:
+    """A square box zoomed to the whole picture (MACO's crops, Fel et al. 2023): its side a
+    fraction of the picture's drawn uniformly from ``box``, its centre from ``N(0.5,
+    centre_std)`` on each axis; bilinear, pixels outside the picture read as ``value``."""
+
+    box: tuple[float, float]
+    centre_std: float = 0.15
+    value: float = 0.5
+
+    def __call__(self, key: Array, image: Array) -> Array:
+        height, width = image.shape[0], image.shape[1]
+        k_side, k_centre = jax.random.split(key)
+        side = jax.random.uniform(k_side, (), jnp.float32, self.box[0], self.box[1])
+        centre = 0.5 + self.centre_std * jax.random.normal(k_centre, (2,), jnp.float32)
+        ys, xs = jnp.meshgrid(
+            (jnp.arange(height, dtype=jnp.float32) + 0.5) / height - 0.5,
+            (jnp.arange(width, dtype=jnp.float32) + 0.5) / width - 0.5,
+            indexing="ij",
+        )  # each output pixel's place in the box, in [-0.5, 0.5]
+        rows = (centre[0] + side * ys) * height - 0.5
+        cols = (centre[1] + side * xs) * width - 0.5
+        return jnp.stack(
+            [
+                jax.scipy.ndimage.map_coordinates(
+                    image[..., c], [rows, cols], order=1, mode="constant", cval=self.value
+                )
+                for c in range(image.shape[2])
+            ],
+            axis=-1,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """Add normal noise of ``std`` and uniform noise in ``[-std / 2, std / 2]`` to each pixel
+    (MACO's, as Xplique adds it); the picture may leave [0, 1]."""
+
+    std: float
+
+    def __call__(self, key: Array, image: Array) -> Array:
+        k_normal, k_uniform = jax.random.split(key)
+        spread = self.std * jax.random.normal(k_normal, image.shape, jnp.float32)
+        spread += jax.random.uniform(k_uniform, image.shape, jnp.float32, -0.5, 0.5) * self.std
+        return image + spread
+
+
+@dataclasses.dataclass(frozen=True)
 class Compose:
     """Apply ``transforms`` in order, each with its own key split from the one given."""
 
@@ -194,6 +241,30 @@ def random_rotate(angles: Sequence[float]) -> RandomRotate:
     (8, 8, 3)
     """
     return RandomRotate(angles=tuple(float(a) for a in angles))
+
+
+def random_crop(
+    box: tuple[float, float] = (0.5, 1.0), centre_std: float = 0.15, value: float = 0.5
+) -> RandomCrop:
+    """A random square box of the picture, ``box`` its side's range (fractions of the
+    picture), zoomed to the picture's size: see :class:`RandomCrop`.
+
+    >>> output_size(random_crop(), (8, 6))
+    (8, 6)
+    """
+    low, high = float(box[0]), float(box[1])
+    if not 0.0 < low <= high:
+        raise ValueError(f"box must be (low, high) with 0 < low <= high, got {box!r}")
+    return RandomCrop(box=(low, high), centre_std=float(centre_std), value=float(value))
+
+
+def noise(std: float) -> Noise:
+    """Pixel noise: normal of ``std`` plus uniform in ``[-std / 2, std / 2]``.
+
+    >>> output_size(noise(0.1), (4, 4))
+    (4, 4)
+    """
+    return Noise(std=float(std))
 
 
 def compose(*transforms: Transform) -> Compose:

@@ -1,0 +1,82 @@
+"""The field's methods against the default step: redirected ReLU gradients and MACO.
+
+In one run, interleaved, at the same layer, size and batch: steady-state image-steps/s of
+``render`` with the default procedure (Fourier + standard transforms + adam), with
+``redirect_relu=-1`` (every ReLU redirected at every step: one program serves the redirected
+and the real steps, so a step costs the same whichever it is), with MACO's parameterization
+behind the standard transforms, and with MACO's parameterization and its own crops and noise.
+Each variant's first call (trace and compile) is timed apart, and XLA's static flop count per
+image-step (:func:`fvjax.rendering.cost.lower_step`), which does not depend on a noisy machine.
+Prints a table and appends it to ``benchmarks/RESULTS.md`` (not with ``--no-record``).
+
+    python benchmarks/methods.py [--model worldnet|inceptionv1|resnet50|vgg16] [--layer L]
+        [--batch 32] [--size S] [--steps 16] [--rounds 2] [--transform-scale 1.0] [--no-record]
+"""
+
+from __future__ import annotations
+
+import time
+
+from fvjax import maco
+from fvjax import transforms as T
+from fvjax.benchmarking import channel_objective, load_model, parse_args, record
+from fvjax.benchmarking import parser as benchmark_parser
+from fvjax.rendering import cost
+from fvjax.rendering.engine import render
+
+
+def variants(args) -> dict[str, dict]:
+    """The settings of each variant (``render`` keyword arguments)."""
+    standard = T.standard(args.transform_scale)
+    return {
+        "default": dict(transforms=standard),
+        "redirect_relu=-1": dict(transforms=standard, redirect_relu=-1),
+        "maco param": dict(transforms=standard, param=maco.param()),
+        "maco param + crops": dict(transforms=maco.transforms(), param=maco.param()),
+    }
+
+
+def main() -> None:
+    args = parse_args(benchmark_parser(__doc__, batch=32))
+    model = load_model(args.model)
+    objective = channel_objective(model, args.layer, args.batch, args.size)
+    settings = variants(args)
+    common = dict(seeds=1, steps=args.steps, size=args.size, progress=False)
+    first, flops = {}, {}
+    for name, kwargs in settings.items():
+        lowered = cost.lower_step(model, objective, size=args.size, **kwargs)
+        flops[name] = float(lowered.cost_analysis()["flops"]) / args.batch
+        first[name] = render(model, objective, **common, **kwargs).first_call_seconds
+    best = dict.fromkeys(settings, 0.0)
+    for _ in range(args.rounds):
+        for name, kwargs in settings.items():
+            start = time.perf_counter()
+            render(model, objective, **common, **kwargs)
+            rate = args.batch * args.steps / (time.perf_counter() - start)
+            best[name] = max(best[name], rate)
+    base, base_flops = best["default"], flops["default"]
+    for name in settings:
+        print(f"{name:20s} {best[name]:8.1f} image-steps/s  {best[name] / base:.2f}")
+    text = "\n".join(
+        [
+            f"model `{args.model}` layer `{args.layer}`, batch {args.batch}, {args.size} px, "
+            f"{args.steps} steps, adam(0.05); default = fourier + standard"
+            f"({args.transform_scale:g}); MACO's spectrum is the world's at {args.size} px, its "
+            f"crops `maco.transforms()`; steady state best of {args.rounds} interleaved rounds; "
+            "first call = trace + compile + one step; flops = XLA's count per image-step.",
+            "",
+            "| variant | image-steps/s | vs default | first call (s) | MFLOP per image-step "
+            "| flops vs default |",
+            "|---|---:|---:|---:|---:|---:|",
+            *(
+                f"| {name} | {best[name]:.1f} | {best[name] / base:.2f} | {first[name]:.2f} | "
+                f"{flops[name] / 1e6:.2f} | {flops[name] / base_flops:.3f} |"
+                for name in settings
+            ),
+        ]
+    )
+    record(args, "Redirected ReLU and MACO against the default step", text)
+
+
+if __name__ == "__main__":
+    main()
