@@ -2,15 +2,21 @@
 
     fvjax render --config configs/tiny.toml [key=value ...]   render, write PNGs + gallery
     fvjax check --config configs/tiny.toml [key=value ...]    the evidence beside a render
+    fvjax preregister --config C [key=value ...] --out REG    fix a procedure before results
+    fvjax render --registered REG                             run it: confirmatory, verdicts
+    fvjax check --registered REG                              its checks and verdicts alone
     fvjax layers --model tiny [--size 64]                     list layers and shapes
     fvjax convert --model inceptionv1 IN.pth OUT [--force]    weights -> converted weights
     fvjax merge OUTPUT                                        join shard-K-of-N slices
 
 Overrides use the config's keys, dotted for sections: ``steps=64 param.kind=pixel
 units=[0,3]``. Bad input (an unknown key, model, layer or unit; a missing file) prints one
-``fvjax: error: ...`` line and exits with status 2; a run that failed (NaN pictures) exits
-with status 1. This module parses arguments and maps errors to exit codes; the work itself is
-:mod:`fvjax.job` (:func:`fvjax.job.run.run`, importable).
+``fvjax: error: ...`` line and exits with status 2; a run that failed (NaN pictures, or every
+picture degenerate: saturated, flat, its objective never rising) exits with status 1. A run
+without ``--registered`` is exploratory and recorded in the output's ledger; one with it runs
+the registered procedure exactly or is refused, naming the difference
+(:mod:`fvjax.job.procedure`). This module parses arguments and maps errors to exit codes; the
+work itself is :mod:`fvjax.job` (:func:`fvjax.job.run.run`, importable).
 """
 
 from __future__ import annotations
@@ -22,21 +28,50 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from fvjax.errors import ConfigError, FvjaxError, NonFiniteError
+from fvjax.errors import ConfigError, FailedRunError, FvjaxError
 from fvjax.files import FVJAX_VERSION, file_sha256
 from fvjax.job import config as config_lib
-from fvjax.job import shards
+from fvjax.job import procedure, shards
 from fvjax.job.check import check
-from fvjax.job.gallery import INDEX
+from fvjax.job.gallery import INDEX, LEDGER
 from fvjax.job.plan import build_model
 from fvjax.job.run import run
 from fvjax.models import converted, weights, zoo
 from fvjax.models.adapters import describe_layers
 
 
+def _config(args: argparse.Namespace) -> tuple[config_lib.Config, procedure.Registration | None]:
+    """The run's config, and its registration under ``--registered`` (which a config file and
+    overrides may only restate)."""
+    if args.registered is None:
+        return config_lib.load(args.config, args.overrides), None
+    registration = procedure.read_registration(args.registered)
+    data = config_lib.read(args.config) if args.config else None
+    return procedure.registered_config(registration, data, args.overrides), registration
+
+
+def _say_procedure(manifest: dict) -> None:
+    label = manifest.get("procedure") or {}
+    if label.get("kind") == "confirmatory":
+        found = [
+            v["verdict"] for layer in label.get("verdicts", {}).values() for v in layer.values()
+        ]
+        verdicts = (
+            f"; {found.count('supported')} of {len(found)} unit(s) supported" if found else ""
+        )
+        print(f"confirmatory: registered {label['registered']}{verdicts}")
+    elif label:
+        changed = label["differences"]
+        since = "the first run here" if changed is None else f"{len(changed)} key(s) changed"
+        print(
+            f"exploratory: procedure {label['procedure']} of {label['procedures']} tried on this "
+            f"model ({since}; ledger: {Path(manifest['config']['output']) / LEDGER})"
+        )
+
+
 def _render(args: argparse.Namespace) -> int:
-    config = config_lib.load(args.config, args.overrides)
-    manifest = run(config)
+    config, registration = _config(args)
+    manifest = run(config, registration=registration)
     out = Path(config.output).resolve()
     seconds = manifest["timings"]["total_seconds"]
     print(
@@ -45,14 +80,16 @@ def _render(args: argparse.Namespace) -> int:
     )
     if "checks" in manifest:
         _say_checked(manifest)
+    _say_procedure(manifest)
     print(f"gallery: {out / INDEX}")
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    config = config_lib.load(args.config, args.overrides)
-    manifest = check(config)
+    config, registration = _config(args)
+    manifest = check(config, registration=registration)
     _say_checked(manifest)
+    _say_procedure(manifest)
     print(f"gallery: {Path(config.output).resolve() / INDEX}")
     return 0
 
@@ -66,6 +103,20 @@ def _say_checked(manifest: dict) -> None:
         f"checked {units} unit(s) of {len(checks['layers'])} layer(s) against "
         f"{checks['dataset']} in {checks['seconds']:.1f} s: {flagged} flagged; a card per unit"
     )
+
+
+def _preregister(args: argparse.Namespace) -> int:
+    config = config_lib.load(args.config, args.overrides)
+    registration = procedure.preregister(config, args.out)
+    body = registration.body
+    units = sum(len(u) for u in body["units"].values())
+    print(
+        f"registered the procedure {body['config_sha256'][:12]} ({units} unit(s) x "
+        f"{len(body['seeds'])} seed(s); checks: {', '.join(body['checks'])}) in {args.out}, "
+        f"SHA-256 {registration.sha256[:16]}..."
+    )
+    print(f"run it: fvjax render --registered {args.out}")
+    return 0
 
 
 def _layers(args: argparse.Namespace) -> int:
@@ -105,6 +156,12 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+REGISTERED = (
+    "run the procedure registered in REG (fvjax preregister), confirmatory; a config or "
+    "override that changes it is refused"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fvjax`` command."""
     parser = argparse.ArgumentParser(
@@ -123,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         + "\n\nexample: fvjax render --config configs/tiny.toml steps=32 'units=[0, 1]'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    render.add_argument("--config", required=True, help="a .toml, .py or .yaml config file")
+    render.add_argument("--config", help="a .toml, .py or .yaml config file")
+    render.add_argument("--registered", metavar="REG", help=REGISTERED)
     render.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     render.set_defaults(run=_render)
 
@@ -136,9 +194,24 @@ def build_parser() -> argparse.ArgumentParser:
         "the gallery are updated in place.",
         epilog="example: fvjax check --config configs/default.toml checks.images=500",
     )
-    checker.add_argument("--config", required=True, help="the config of the render to check")
+    checker.add_argument("--config", help="the config of the render to check")
+    checker.add_argument("--registered", metavar="REG", help=REGISTERED)
     checker.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     checker.set_defaults(run=_check)
+
+    register = commands.add_parser(
+        "preregister",
+        help="fix a procedure before its results: config, weights, units, checks, thresholds",
+        description="Freeze the resolved config and its hash, the weights' hash, the units and "
+        "seeds, the checks and the thresholds of each unit's verdict, the versions and the "
+        "time in REG, before any result of that procedure exists (refused when the output "
+        "holds some). `fvjax render --registered REG` then runs exactly that procedure.",
+        epilog="example: fvjax preregister --config configs/tiny.toml --out tiny.reg.json",
+    )
+    register.add_argument("--config", required=True, help="a .toml, .py or .yaml config file")
+    register.add_argument("--out", required=True, metavar="REG", help="registration to write")
+    register.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    register.set_defaults(run=_preregister)
 
     layers = commands.add_parser(
         "layers",
@@ -192,12 +265,17 @@ def _merge(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fvjax`` command; returns the exit status (0 ok, 1 failed run, 2 bad input)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "registered", "") is None and args.config is None:
+        parser.error(
+            f"{args.command} needs --config C (to explore) or --registered REG (to confirm)"
+        )
     try:
         return args.run(args)
     except (FvjaxError, OSError) as exc:
         return _fail(exc, 2)
-    except NonFiniteError as exc:
+    except FailedRunError as exc:  # NaN pictures, or none useful
         return _fail(exc, 1)
     except KeyboardInterrupt:
         print("\nfvjax: interrupted", file=sys.stderr)

@@ -53,12 +53,30 @@ class ShardError(FvjaxError):
     """Shard directories that cannot be joined into one job."""
 
 
+class ProcedureError(FvjaxError):
+    """A registered run that would deviate from its registration (a key, an override, other
+    weights or units), a registration edited after it was written, or one whose procedure's
+    results exist already."""
+
+
+class OutputPathError(FvjaxError):
+    """An output path is an existing file, lies under a file, or cannot be created or written."""
+
+
 class ImageFolderError(FvjaxError):
     """A folder holds no image fvjax could read."""
 
 
-class NonFiniteError(FloatingPointError):
+class FailedRunError(Exception):
+    """A run that went through and made nothing useful (the command exits with status 1)."""
+
+
+class NonFiniteError(FailedRunError, FloatingPointError):
     """The objective, its gradient or the image became NaN or infinite while optimizing."""
+
+
+class DegenerateError(FailedRunError):
+    """Every picture of a run is degenerate: saturated, flat, or its objective never rose."""
 
 
 def nearest(name: str, known: Iterable[str], n: int = 3) -> list[str]:

@@ -15,6 +15,7 @@ from fvjax import param as P
 from fvjax import transforms as T
 from fvjax.errors import ImageSizeError, NonFiniteError, UnitRangeError
 from fvjax.progress import Progress
+from fvjax.rendering.engine import plan_render
 from fvjax.rendering.step import trace_count
 
 CHEAP = T.compose(T.pad(2), T.jitter(4))  # random, but quick to compile
@@ -162,3 +163,47 @@ def test_bfloat16_model_and_remat_render_close_to_float32():
     promoting = fvjax.from_fn(lambda w, x: {"proj": x @ w + jnp.ones(3)}, params=jnp.eye(3))
     with pytest.warns(UserWarning, match="layers proj come out as float32"):
         fvjax.render(promoting, objective, model_dtype="bfloat16", **FAST)
+
+
+def test_pictures_start_from_their_start_images(rgb_model):
+    starts = np.random.default_rng(0).uniform(0.1, 0.9, (2, 2, 16, 16, 3)).astype(np.float32)
+    objective = O.channel("rgb", [0, 1])
+    kwargs = dict(seeds=2, size=16, transforms=T.identity())
+    for p in (P.pixel(), P.fourier()):
+        still = fvjax.render(rgb_model, objective, steps=1, param=p, starts=starts,
+                             optimizer=optax.sgd(0.0), **kwargs)  # fmt: skip
+        # Each picture is its own start, plus its seed's small draw (init_std 0.01 raw).
+        np.testing.assert_allclose(still.images, starts, atol=0.02)
+        moved = fvjax.render(rgb_model, objective, steps=8, param=p, starts=starts, **kwargs)
+        assert (moved.activations > still.activations).all()
+    plain = plan_render(rgb_model, objective, **kwargs)
+    started = plan_render(rgb_model, objective, starts=starts, **kwargs)
+    assert "starts" in started.identity() and "starts" not in plain.identity()
+
+
+def test_bad_starts_name_what_is_wrong(rgb_model):
+    objective, kwargs = O.channel("rgb", [0]), dict(seeds=2, size=8, steps=1)
+    with pytest.raises(fvjax.errors.ArgumentError, match=r"\(1, 2, 8, 8, 3\)"):
+        plan_render(rgb_model, objective, starts=np.zeros((1, 1, 8, 8, 3)), **kwargs)
+    with pytest.raises(fvjax.errors.ArgumentError, match=r"\[0, 1\]"):
+        plan_render(rgb_model, objective, starts=np.full((1, 2, 8, 8, 3), 2.0), **kwargs)
+    custom = P.Parameterization(init=lambda k, s: jnp.zeros((*s, 3)), to_image=lambda r, s: r)
+    with pytest.raises(fvjax.errors.ArgumentError, match="from_image"):
+        plan_render(rgb_model, objective, param=custom, starts=np.zeros((1, 2, 8, 8, 3)),
+                          **kwargs)  # fmt: skip
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_is_on_by_default_where_stderr_is_a_terminal(rgb_model, monkeypatch, terminal):
+    class Stderr(io.StringIO):
+        def isatty(self):
+            return terminal
+
+    stderr = Stderr()
+    monkeypatch.setattr("sys.stderr", stderr)
+    fvjax.render(rgb_model, O.channel("rgb", [0, 1]), **FAST)
+    shown = stderr.getvalue()
+    if terminal:  # what is rendered, then how far
+        assert "channel:rgb: 2 pictures, 12 steps, 16x16 px" in shown and "100.0%" in shown
+    else:
+        assert shown == ""

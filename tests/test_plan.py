@@ -7,11 +7,19 @@ import numpy as np
 import pytest
 
 import fvjax
-from fvjax.errors import ConfigError, FvjaxError, UnitRangeError, UnknownLayerError
+from fvjax import cli
+from fvjax.errors import (
+    ConfigError,
+    FvjaxError,
+    OutputPathError,
+    UnitRangeError,
+    UnknownLayerError,
+)
 from fvjax.job import plan as plan_lib
 from fvjax.job.config import from_dict, to_dict
 from fvjax.models import weights as weights_lib
 from fvjax.models.zoo import inception
+from fvjax.rendering import maco
 
 
 def test_model_from_an_import_path(tmp_path, monkeypatch):
@@ -82,6 +90,22 @@ def test_the_plan_holds_one_optimizer_param_and_transform_for_every_layer():
     assert plan_lib.build_transforms(pixel) == fvjax.transforms.identity()
 
 
+def test_maco_and_redirected_relus_are_config_keys(tmp_path):
+    keys = {"param": {"kind": "maco"}, "transforms": {"preset": "maco"}, "redirect_relu": 16}
+    plan = plan_lib.build_plan(from_dict({"layers": ["block2"], "size": 16, **keys}))
+    setup = plan.layers["block2"].setup
+    assert setup.param == maco.param() and setup.transform == maco.transforms()
+    assert setup.redirect_relu == 16 and plan.layers["block2"].identity()["redirect_relu"] == 16
+    np.save(tmp_path / "m.npy", maco.world_spectrum(16).magnitude)
+    saved = from_dict({"size": 32}, ["param.kind=maco", f"param.spectrum='{tmp_path}/m.npy'"])
+    assert plan_lib.build_param(saved) == maco.param(maco.world_spectrum(16))
+    missing = from_dict({}, ["param.kind=maco", f"param.spectrum='{tmp_path}/nope'"])
+    with pytest.raises(ConfigError, match="param.spectrum"):
+        plan_lib.build_param(missing)
+    with pytest.raises(ConfigError, match="redirect_relu"):
+        from_dict({"redirect_relu": -2})
+
+
 def test_checkpoints_are_kept_under_the_identity_of_the_pictures():
     plan = plan_lib.build_plan(from_dict({"layers": ["block2"], "size": 16}))
     moved = plan_lib.build_plan(
@@ -133,3 +157,27 @@ def test_diversity_keys_reach_every_layers_render_and_its_identity():
         plan_lib.build_plan(from_dict({**base, "seeds": 1, "diversity": {"weight": 1.0}}))
     with pytest.raises(ConfigError, match="diversity.weight"):
         from_dict({**base, "diversity": {"weight": -1.0}})
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_output_that_cannot_be_made_fails_before_any_work(capsys, monkeypatch, tmp_path, where):
+    (tmp_path / "notes.txt").write_text("mine")
+    output = tmp_path / "notes.txt" / ("out" if where == "under a file" else "")
+
+    def no_model(config):
+        pytest.fail("the model was built before the output was checked")
+
+    monkeypatch.setattr(plan_lib, "build_model", no_model)
+    config = from_dict({"model": "tiny", "layers": ["block2"], "size": 16, "output": str(output)})
+    with pytest.raises(OutputPathError, match=r"choose another output path"):
+        plan_lib.build_plan(config)
+    args = ["render", "--config", "configs/tiny.toml", f"output='{output}'", "progress=false"]
+    assert cli.main(args) == 2
+    problem = (
+        f"{output} is an existing file, not a folder"
+        if where == "file"
+        else f"{output} cannot be created: {tmp_path / 'notes.txt'} is a file, not a folder"
+    )
+    assert capsys.readouterr().err.startswith(f"fvjax: error: output folder {problem}; choose")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"

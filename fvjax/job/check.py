@@ -29,21 +29,22 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import jax
 import numpy as np
 
 from fvjax.checks.card import svg_bars, unit_card_html
 from fvjax.checks.dissection import detectors_by_category, label_units
 from fvjax.checks.evidence import UnitEvidence, UnitFacets, unit_evidence
-from fvjax.checks.facets import Facets, coverage, natural_facets
+from fvjax.checks.facets import Facets, coverage, facet_directions, natural_facets
 from fvjax.checks.paths import check_paths, path_layers
 from fvjax.checks.scan import dataset_pass, forward_maps
 from fvjax.data.broden import load_broden
 from fvjax.data.datasets import Dataset, folder_dataset, world_dataset
-from fvjax.data.images import png_bytes, read_rgb
+from fvjax.data.images import as_size, png_bytes, read_rgb
 from fvjax.errors import ConceptDatasetError, ConfigError
 from fvjax.files import atomic_write
 from fvjax.job import config as config_lib
-from fvjax.job import gallery
+from fvjax.job import gallery, procedure
 from fvjax.job.outputs import HISTORY, read_manifest, write_manifest
 from fvjax.job.plan import build_model, build_plan, render_settings
 from fvjax.models.adapters import Model
@@ -145,9 +146,8 @@ def _plain(config: config_lib.Config, layers: list[str], stream: TextIO) -> dict
     return found
 
 
-def _directions(pictures: np.ndarray, model: Model, layer: str, batch_size: int) -> np.ndarray:
-    """``(U, S, C)``: each picture's ``layer`` map, its mean over positions, L2-normalised (the
-    space :func:`~fvjax.checks.facets.natural_facets` clusters in)."""
+def _vectors(pictures: np.ndarray, model: Model, layer: str, batch_size: int) -> np.ndarray:
+    """``(U, S, C)``: each picture's ``layer`` map, its mean over positions."""
     flat = pictures.reshape(-1, *pictures.shape[2:])
     rows = []
     for start in range(0, len(flat), batch_size):
@@ -155,26 +155,47 @@ def _directions(pictures: np.ndarray, model: Model, layer: str, batch_size: int)
         padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]))])
         maps = forward_maps(model.apply, (layer,), model.params, padded.astype(np.float32))
         rows.append(np.asarray(maps[layer]).mean(axis=(1, 2))[: len(batch)])
-    vectors = np.concatenate(rows).reshape(*pictures.shape[:2], -1)
+    return np.concatenate(rows).reshape(*pictures.shape[:2], -1)
+
+
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` L2-normalised: the space :func:`~fvjax.checks.facets.natural_facets`
+    clusters in."""
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
-def _guided(config, model, layer: str, found: Facets, reached: np.ndarray) -> RenderPlan:
-    """One picture guided to each facet slot (slot ``j`` of a unit with ``n`` facets: facet
-    ``j % n``). The pull is ``facets.weight`` times the activation the unit's seeds reached
-    (``reached (U,)``), at most, so a guide may cost a picture that share of its unit (the
-    natural scale does not serve: a unit whose best natural image scores below zero may still
-    have pictures at 20)."""
+def _guided(
+    config, model, layer: str, found: Facets, reached: np.ndarray, length: np.ndarray
+) -> RenderPlan:
+    """One picture for each facet slot (slot ``j`` of a unit with ``n`` facets: facet
+    ``j % n``), started from the facet's mean image (Nguyen et al. 2016) and steered along
+    what sets the facet apart (:func:`~fvjax.checks.facets.facet_directions`).
+
+    The pull is in the unit's own terms: a change of the seeds' activation vector's length
+    (``length (U,)``, the mean over the unit's seeds) along the direction is worth
+    ``facets.weight`` times the activation the seeds reached (``reached (U,)``). The natural
+    scale does not serve: a unit whose best natural image scores below zero may still have
+    pictures at 20."""
     slots = found.centroids.shape[1]
-    n = np.maximum(found.n_facets, 1)[:, None]
-    which = np.arange(slots)[None, :] % n
-    directions = np.take_along_axis(found.centroids, which[..., None], 1)
-    scale = np.maximum(reached, 0.0) * (found.n_facets > 0)
+    which = np.arange(slots)[None, :] % np.maximum(found.n_facets, 1)[:, None]
+    apart = facet_directions(found.centroids, found.sizes)
+    directions = np.take_along_axis(apart, which[..., None], 1)
+    scale = config.facets.weight * np.maximum(reached, 0.0) / np.maximum(length, 1e-12)
+    scale = scale * (found.n_facets > 0)
     settings = {**render_settings(config), "seeds": slots}
+    size = as_size(settings["size"])
+    means = np.take_along_axis(found.mean_images, which[..., None, None, None], 1)
+    if means.shape[2:4] != size:
+        means = np.asarray(jax.image.resize(means, (*means.shape[:2], *size, 3), "linear"))
     objective = LAYER_OBJECTIVES[config.objective](layer, found.units.tolist())
-    guide = Guide(found.feature_layer, config.facets.weight)
+    guide = Guide(found.feature_layer, 1.0)
     return plan_render(
-        model, objective, guide=guide, directions=directions * scale[:, None, None], **settings
+        model,
+        objective,
+        guide=guide,
+        directions=directions * scale[:, None, None],
+        starts=np.clip(means, 0.0, 1.0),
+        **settings,
     )
 
 
@@ -188,16 +209,20 @@ def _facets(config, model, dataset, stats, entry, pictures, values, stream) -> l
         units=entry["units"], batch_size=config.checks.batch_size,
     )  # fmt: skip
     batch = config.checks.batch_size
-    seeds = coverage(_directions(pictures, model, feature, batch), found.centroids, found.n_facets)
+    vectors = _vectors(pictures, model, feature, batch)
+    seeds = coverage(_normalised(vectors), found.centroids, found.n_facets)
     guided = guided_cover = None
     if f.render:
-        plan = _guided(config, model, layer, found, values.mean(1))
+        length = np.linalg.norm(vectors, axis=-1).mean(1)
+        plan = _guided(config, model, layer, found, values.mean(1), length)
         bar = Progress(plan.total_steps, label="checks: facet pictures", stream=stream,
                        enabled=config.progress)  # fmt: skip
         guided = run_plan(plan, progress=bar)
         bar.close()
         guided_cover = coverage(
-            _directions(guided.images, model, feature, batch), found.centroids, found.n_facets
+            _normalised(_vectors(guided.images, model, feature, batch)),
+            found.centroids,
+            found.n_facets,
         )
     out = []
     for i in range(len(found.units)):
@@ -226,17 +251,23 @@ def _facets(config, model, dataset, stats, entry, pictures, values, stream) -> l
     return out
 
 
-def _card_page(evidence: UnitEvidence, body: str, neighbours: tuple[int | None, int | None]) -> str:
+def _card_page(
+    evidence: UnitEvidence, body: str, neighbours: tuple[int | None, int | None], label: dict
+) -> str:
+    """A unit's card page; ``label``: the manifest's ``procedure`` (what the run was, and the
+    unit's verdict under a registration)."""
     links = [f'<a href="../{gallery.INDEX}#unit{evidence.unit}">&larr; {evidence.layer}</a>']
-    for label, unit in zip(("previous", "next"), neighbours, strict=True):
+    for name, unit in zip(("previous", "next"), neighbours, strict=True):
         if unit is not None:
-            links.append(f'<a href="unit{unit:04d}.html">{label}: unit {unit}</a>')
+            links.append(f'<a href="unit{unit:04d}.html">{name}: unit {unit}</a>')
     nav = " &middot; ".join(links)
-    return gallery.page(f"{evidence.layer} unit {evidence.unit}", f"<p>{nav}</p>", body)
+    verdict = label.get("verdicts", {}).get(evidence.layer, {}).get(str(evidence.unit))
+    header = f"<p>{nav}</p>{gallery.procedure_html(label, '../../')}{gallery.verdict_html(verdict)}"
+    return gallery.page(f"{evidence.layer} unit {evidence.unit}", header, body)
 
 
 def _write_cards(
-    out: Path, entry: dict, evidence: list[UnitEvidence], history, procedure: str
+    out: Path, entry: dict, evidence: list[UnitEvidence], history, config_hash: str, label: dict
 ) -> None:
     folder = out / entry["slug"] / UNITS
 
@@ -247,19 +278,33 @@ def _write_cards(
     units = [e.unit for e in evidence]
     for i, e in enumerate(evidence):
         own = [f"../unit{e.unit:04d}_seed{s}.png" for s in e.seeds]
-        body = unit_card_html(e, source, own, None if history is None else history[:, i], procedure)
+        curve = None if history is None else history[:, i]
+        body = unit_card_html(e, source, own, curve, config_hash)
         neighbours = (units[i - 1] if i else None, units[i + 1] if i + 1 < len(units) else None)
-        atomic_write(folder / f"unit{e.unit:04d}.html", _card_page(e, body, neighbours))
+        atomic_write(folder / f"unit{e.unit:04d}.html", _card_page(e, body, neighbours, label))
 
 
-def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, Any]:
-    """Run the ``[checks]`` of ``config`` over its finished render; returns the manifest."""
+def check(
+    config: config_lib.Config,
+    stream: TextIO | None = None,
+    registration: procedure.Registration | None = None,
+    record: procedure.Run | None = None,
+) -> dict[str, Any]:
+    """Run the ``[checks]`` of ``config`` over its finished render; returns the manifest.
+
+    Under a ``registration`` the check is confirmatory (its render must be too) and each unit
+    gets its verdict; ``record``: the render's run that calls it, else the check is a run of
+    its own in the output's ledger (:mod:`fvjax.job.procedure`)."""
     stream = stream if stream is not None else sys.stderr
     start = time.perf_counter()
     c = config.checks
     out, manifest = _read_render(config)
     entries = _layers(config, manifest)
     model: Model = build_model(config)
+    own = record is None
+    if own:
+        units = {entry["layer"]: entry["units"] for entry in manifest["layers"]}
+        record = procedure.start_run(config, model.params, "check", units, out, registration)
     dataset = build_dataset(config)
     has_masks = dataset.concepts is not None and dataset.slots > 0
     if c.dissect and not has_masks:
@@ -283,6 +328,7 @@ def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, 
         "settings": config_lib.to_dict(config)["checks"],
         "layers": {},
     }
+    cards = []
     for entry in entries:
         layer = entry["layer"]
         images = [image for image in manifest["images"] if image["layer"] == layer]
@@ -302,7 +348,7 @@ def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, 
             detector_iou=c.detector_iou, far_above=c.far_above, paths=paths,
             plain=np.array([plain[layer][u] for u in units]) if plain else None, facets=facets,
         )  # fmt: skip
-        _write_cards(out, entry, evidence, history, manifest["config_sha256"])
+        cards.append((entry, evidence, history))
         summary: dict[str, Any] = {
             "score": stats[layer].score,
             "threshold_exact": stats[layer].exact,
@@ -320,6 +366,13 @@ def check(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, 
         section["layers"][layer] = summary
     section["seconds"] = round(time.perf_counter() - start, 3)
     manifest["checks"] = section
+    manifest["procedure"] = procedure.checked(record.label, section, registration)
+    for entry, evidence, history in cards:
+        _write_cards(
+            out, entry, evidence, history, manifest["config_sha256"], manifest["procedure"]
+        )
     write_manifest(out, manifest)
     gallery.write_pages(out, manifest)
+    if own:
+        procedure.finish_run(record)
     return manifest

@@ -50,8 +50,8 @@ from fvjax.rendering.objectives import LAYER_OBJECTIVES
 from fvjax.rendering.param import OUTPUTS
 from fvjax.rendering.step import MODEL_DTYPES, REMAT
 
-PARAMS = ("fourier", "pixel")
-PRESETS = ("standard", "none")
+PARAMS = ("fourier", "pixel", "maco")
+PRESETS = ("standard", "none", "maco")
 #: ``optax`` optimizers that take the learning rate as their first argument and keep
 #: per-parameter state (the engine vmaps the update, one state per picture).
 OPTIMIZERS = (
@@ -78,10 +78,15 @@ class ParamConfig(keys.Checked):
     """How a picture is parameterized (:mod:`fvjax.rendering.param`)."""
 
     _prefix = "param."
-    kind: str = keys.key(keys.one_of(PARAMS), "fourier", "fourier | pixel")
+    kind: str = keys.key(keys.one_of(PARAMS), "fourier", "fourier | pixel | maco")
     decorrelate: bool = keys.key(keys.boolean, True, "optimize in decorrelated colour space")
     decay: float = keys.key(keys.number(0.0), 1.0, "1/f**decay spectrum scaling (fourier only)")
-    output: str = keys.key(keys.one_of(OUTPUTS), "sigmoid", "sigmoid | clip: map to [0, 1]")
+    output: str = keys.key(
+        keys.one_of(OUTPUTS), "sigmoid", "sigmoid | clip: map to [0, 1] (maco: clip)"
+    )
+    spectrum: str = keys.key(
+        keys.optional_text, "", "maco's magnitude: '' the world's, a .npy file, an image folder"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +94,9 @@ class TransformsConfig(keys.Checked):
     """Robustness transforms (:mod:`fvjax.rendering.transforms`)."""
 
     _prefix = "transforms."
-    preset: str = keys.key(keys.one_of(PRESETS), "standard", "standard | none")
+    preset: str = keys.key(
+        keys.one_of(PRESETS), "standard", "standard | none | maco (random crops and noise)"
+    )
     scale: float = keys.key(keys.number(0.0, inclusive=False), 1.0, "pixel amounts x scale")
 
 
@@ -118,7 +125,8 @@ class DiversityConfig(keys.Checked):
 @dataclasses.dataclass(frozen=True)
 class FacetsConfig(keys.Checked):
     """The facets of each unit (:mod:`fvjax.checks.facets`), part of ``fvjax check``: its top
-    natural images clustered, the seeds' coverage of them, and a picture guided to each."""
+    natural images clustered, the seeds' coverage of them, and a picture of each (started from
+    its mean image, steered along what sets it apart)."""
 
     _prefix = "facets."
     enabled: bool = keys.key(keys.boolean, False, "find each unit's facets", "checks")
@@ -127,9 +135,11 @@ class FacetsConfig(keys.Checked):
     layer: str = keys.key(
         keys.optional_text, "", "where images are compared ('': the rendered layer)", "checks"
     )
-    render: bool = keys.key(keys.boolean, True, "render a picture guided to each facet", "checks")
+    render: bool = keys.key(
+        keys.boolean, True, "render a picture started at and steered to each facet", "checks"
+    )
     weight: float = keys.key(
-        keys.number(0.0), 0.5, "the guide's pull, a share of what the seeds reach", "checks"
+        keys.number(0.0), 2.0, "the steering's pull, in what the seeds reach", "checks"
     )
     seed: int = keys.key(keys.integer(0), 0, "k-means's seed", "checks")
 
@@ -170,6 +180,9 @@ class ChecksConfig(keys.Checked):
     far_above: float = keys.key(
         keys.number(0.0, inclusive=False), 30.0, "reach above which a unit is flagged", "checks"
     )
+    reach_min: float = keys.key(
+        keys.number(0.0), 1.0, "a verdict needs a picture reaching this (1: top natural)", "checks"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +216,9 @@ class Config(keys.Checked):
     )
     remat: str = keys.key(
         keys.one_of(REMAT), "none", "what the backward pass recomputes: none | convs | blocks"
+    )
+    redirect_relu: int = keys.key(
+        keys.integer(-1), 0, "first steps whose ReLUs pass a dead unit's gradient (-1: all)"
     )
     shard: str = keys.key(
         keys.shard,
@@ -406,9 +422,21 @@ def identity(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     ['checkpoint', 'checkpoint_every', 'checks', 'distributed', 'facets', 'output', 'progress',
      'shard']
     """
+    return with_roles(config, ("pictures",))
+
+
+def with_roles(config: Config | Mapping[str, Any], roles: Iterable[str]) -> dict[str, Any]:
+    """The keys of ``config`` (or of its :func:`to_dict`) whose role is one of ``roles``
+    (:data:`fvjax.job.keys.ROLES`): ``("pictures",)`` is :func:`identity`; ``("pictures",
+    "checks")`` is a procedure, what a registration freezes (:mod:`fvjax.job.procedure`).
+
+    >>> sorted(with_roles(Config(), ["checks"]))
+    ['checks', 'facets']
+    """
     data = to_dict(config) if isinstance(config, Config) else config
-    roles = {f.name: f.metadata["role"] for f in dataclasses.fields(Config)}
-    return {key: value for key, value in data.items() if roles.get(key) == "pictures"}
+    roles = tuple(roles)
+    kept = {f.name for f in dataclasses.fields(Config) if f.metadata["role"] in roles}
+    return {key: value for key, value in data.items() if key in kept}
 
 
 def describe() -> str:

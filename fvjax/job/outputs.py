@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from fvjax.data.images import png_bytes, to_uint8
-from fvjax.files import atomic_write, backend, versions
+from fvjax.files import atomic_write, backend, make_directory, versions
 from fvjax.job.gallery import GRID, INDEX, MANIFEST, index_page, layer_page
 from fvjax.rendering.engine import RenderResult
 
@@ -155,7 +155,7 @@ class RenderOutput:
         started: float | None = None,
     ) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_directory(self.path)  # a sentence, not [Errno 17], where it cannot be
         self.config = dict(config)
         self.config_sha256 = config_sha256
         self.model = model if model is not None else str(self.config.get("model", "model"))
@@ -233,7 +233,8 @@ class RenderOutput:
         self.layers.append(entry)
         self.images.extend(entries)
         self.timings["render_seconds"] += float(result.seconds)
-        atomic_write(folder / INDEX, layer_page(entry, entries, self.model))
+        page = layer_page(entry, entries, self.model, procedure=self.extra.get("procedure"))
+        atomic_write(folder / INDEX, page)
         self.timings["write_seconds"] += time.perf_counter() - start
         self._write_index()
         return entry

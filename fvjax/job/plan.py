@@ -21,13 +21,16 @@ from typing import Any
 
 import optax
 
-from fvjax.errors import ConfigError
-from fvjax.files import data_sha256
+from fvjax.checks.receptive import receptive_field
+from fvjax.data.images import as_size
+from fvjax.errors import ConfigError, FvjaxError, OutputPathError
+from fvjax.files import data_sha256, directory_problem
 from fvjax.job import shards
 from fvjax.job.config import Config, identity
 from fvjax.job.outputs import slugify
 from fvjax.models import zoo
 from fvjax.models.adapters import Model, layer_shape
+from fvjax.rendering import maco as maco_lib
 from fvjax.rendering import param as param_lib
 from fvjax.rendering import transforms as transforms_lib
 from fvjax.rendering.engine import RenderPlan, plan_render
@@ -60,8 +63,15 @@ def build_model(config: Config) -> Model:
 
 
 def build_param(config: Config) -> Any:
-    """The parameterization named by ``config.param``."""
+    """The parameterization named by ``config.param`` (MACO's spectrum estimated or read
+    here, at the config's size)."""
     p = config.param
+    if p.kind == "maco":
+        try:
+            spectrum = maco_lib.load_spectrum(p.spectrum, config.size) if p.spectrum else None
+        except FvjaxError as exc:
+            raise ConfigError(f"config key 'param.spectrum': {exc}") from exc
+        return maco_lib.param(spectrum)
     if p.kind == "pixel":
         return param_lib.pixel(decorrelate=p.decorrelate, output=p.output)
     return param_lib.fourier(decorrelate=p.decorrelate, decay=p.decay, output=p.output)
@@ -70,6 +80,8 @@ def build_param(config: Config) -> Any:
 def build_transforms(config: Config) -> Any:
     """The transform named by ``config.transforms``."""
     t = config.transforms
+    if t.preset == "maco":
+        return maco_lib.transforms()
     return transforms_lib.standard(t.scale) if t.preset == "standard" else transforms_lib.identity()
 
 
@@ -108,6 +120,7 @@ def render_settings(config: Config) -> dict[str, Any]:
         "devices": config.devices or None,
         "model_dtype": config.model_dtype,
         "remat": config.remat,
+        "redirect_relu": config.redirect_relu,
     }
 
 
@@ -131,6 +144,8 @@ class JobPlan:
         layers: ``{layer: RenderPlan}`` of this process's share; a layer of which it has no
             unit (more shards than units) is left out.
         checkpoints: where the layers' checkpoints go (``None``: the config turns them off).
+        warnings: what the job should say before it starts (pictures smaller than a layer's
+            receptive field).
     """
 
     config: Config
@@ -140,6 +155,7 @@ class JobPlan:
     shapes: dict[str, tuple[int, ...]]
     layers: dict[str, RenderPlan]
     checkpoints: Path | None
+    warnings: tuple[str, ...] = ()
 
     @property
     def total_steps(self) -> int:
@@ -155,12 +171,16 @@ def build_plan(config: Config) -> JobPlan:
     """Build the model and every layer's render plan of ``config``, checking all of it.
 
     Raises :class:`~fvjax.errors.FvjaxError` (unknown model, layer or unit, a size the model
-    or transforms cannot take, an option the model lacks) before anything is rendered.
+    or transforms cannot take, an option the model lacks, an output folder that cannot be
+    made) before anything is rendered.
     """
     shard, n_shards = shards.this_process(config.shard)
     output = Path(config.output)
     if n_shards > 1:
         output = output / shards.shard_dir(shard, n_shards)
+    problem = directory_problem(output)  # an output that cannot be written fails first
+    if problem:
+        raise OutputPathError(problem)
     model = build_model(config)
     shapes = model.layer_shapes(config.size)
     render_kwargs = render_settings(config)
@@ -183,4 +203,44 @@ def build_plan(config: Config) -> JobPlan:
         shapes={layer: shapes[layer] for layer in config.layers},
         layers=layers,
         checkpoints=checkpoints,
+        warnings=tuple(small_picture_warnings(model, config.layers, config.size)),
     )
+
+
+def small_picture_warnings(model: Model, layers: Any, size: Any) -> list[str]:
+    """A sentence for each spatial layer whose map is under 3 positions a side at ``size``
+    and whose receptive field (measured where the map has 3 or more) is larger than the
+    picture: its units see mostly padding, and the picture is no picture of them.
+
+    >>> from fvjax.models import zoo
+    >>> model = zoo.load("tiny")
+    >>> small_picture_warnings(model, ["block3"], 64)
+    []
+    >>> print(small_picture_warnings(model, ["block3"], 4)[0])  # doctest: +ELLIPSIS
+    pictures of 4x4 px are smaller than the receptive field of layer 'block3' (...
+    """
+    height, width = as_size(size)
+    out = []
+    for layer in layers:
+        shape = model.check_layer(layer, (height, width))
+        if len(shape) != 3 or min(shape[:2]) >= 3:
+            continue
+        scale = 2
+        while min(model.check_layer(layer, (height * scale, width * scale))[:2]) < 3:
+            scale *= 2
+            if max(height, width) * scale > 1024:
+                break
+        probe = (height * scale, width * scale)
+        if min(model.check_layer(layer, probe)[:2]) < 3:
+            continue
+        field = receptive_field(model, layer, probe)
+        # A field that covers even the larger picture from every position is at least as big.
+        extent, least = (probe, "at least ") if field.whole_image else (field.size, "")
+        if extent[0] > height or extent[1] > width:
+            out.append(
+                f"pictures of {height}x{width} px are smaller than the receptive field of "
+                f"layer {layer!r} ({least}{extent[0]}x{extent[1]} px, measured at "
+                f"{probe[0]}x{probe[1]}): its {shape[0]}x{shape[1]} map sees mostly padding; "
+                f"use size={max(extent)} or more"
+            )
+    return out

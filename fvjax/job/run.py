@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from fvjax.errors import ShardError
+from fvjax.checks.degenerate import degenerate_pictures
+from fvjax.errors import DegenerateError, FvjaxError, NonFiniteError, ShardError
 from fvjax.job import config as config_lib
-from fvjax.job import shards
+from fvjax.job import procedure, shards
 from fvjax.job.check import check
 from fvjax.job.outputs import RenderOutput, read_manifest
 from fvjax.job.plan import JobPlan, build_plan
@@ -27,7 +28,11 @@ from fvjax.progress import Progress
 from fvjax.rendering.engine import run_plan
 
 
-def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, Any]:
+def run(
+    config: config_lib.Config,
+    stream: TextIO | None = None,
+    registration: procedure.Registration | None = None,
+) -> dict[str, Any]:
     """Render every layer of ``config`` and write its outputs; returns the manifest.
 
     Everything is checked (model, layers, units, sizes) before the first picture is rendered
@@ -35,6 +40,10 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
     layer. Process ``K`` of ``N`` (the ``shard`` key, see :mod:`fvjax.job.shards`) renders its
     slice of the units into ``OUTPUT/shard-K-of-N``; in a ``distributed`` job process 0 then
     merges the slices.
+
+    The run is recorded in the output's ledger before it renders (:mod:`fvjax.job.procedure`):
+    confirmatory under a ``registration`` (:func:`~fvjax.job.procedure.read_registration`),
+    refused where it deviates from it; exploratory otherwise.
     """
     start = time.perf_counter()
     stream = stream if stream is not None else sys.stderr
@@ -42,6 +51,11 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
         shards.initialize_distributed()  # before anything touches a JAX backend
     plan = build_plan(config)
     _note_other_job(plan, stream)
+    before = _previous_layers(plan.output)
+    units = procedure.units_of(config, plan.shapes)
+    record = procedure.start_run(
+        config, plan.model.params, "render", units, plan.output, registration, plan.shard
+    )
     out = RenderOutput(
         plan.output,
         config_lib.to_dict(config),
@@ -49,29 +63,63 @@ def run(config: config_lib.Config, stream: TextIO | None = None) -> dict[str, An
         model=plan.model.name,
         started=start,
     )
+    out.extra["procedure"] = record.label
+    for warning in plan.warnings:
+        stream.write(f"fvjax: warning: {warning}\n")
+    if plan.warnings:
+        out.extra["warnings"] = list(plan.warnings)
     setup_seconds = time.perf_counter() - start
     # One bar over the whole job, every layer's chunks and steps.
     bar = Progress(plan.total_steps, stream=stream, enabled=config.progress)
-    for i, (layer, render_plan) in enumerate(plan.layers.items()):
-        bar.label = f"[{i + 1}/{len(plan.layers)}] {layer}"
-        result = run_plan(
-            render_plan,
-            progress=bar,
-            checkpoint_dir=plan.checkpoint_dir(layer),
-            checkpoint_every=config.checkpoint_every or None,
-        )
-        names = [plan.model.unit_name(layer, int(u)) for u in result.units]
-        out.add_layer(layer, result, plan.shapes[layer], names if any(names) else None)
+    try:
+        for i, (layer, render_plan) in enumerate(plan.layers.items()):
+            bar.label = f"[{i + 1}/{len(plan.layers)}] {layer}"
+            result = run_plan(
+                render_plan,
+                progress=bar,
+                checkpoint_dir=plan.checkpoint_dir(layer),
+                checkpoint_every=config.checkpoint_every or None,
+            )
+            names = [plan.model.unit_name(layer, int(u)) for u in result.units]
+            out.add_layer(layer, result, plan.shapes[layer], names if any(names) else None)
+            _note_degenerate(out, result, stream)
+    except NonFiniteError:
+        _remove_checkpoints(plan)  # the same run would fail at the same step: nothing to resume
+        raise
+    except BaseException:
+        if plan.checkpoints is not None and plan.checkpoints.exists():
+            stream.write(
+                f"\nfvjax: note: the unfinished render is kept in {plan.checkpoints}: run the "
+                "same command to resume it, or delete that folder to start over\n"
+            )
+        raise
     bar.close()
+    stale = _stale_layers(before, out)
+    if stale:
+        out.extra["stale_layers"] = stale
+        stream.write(
+            f"fvjax: note: {plan.output} still holds the folders of layers an earlier run "
+            f"rendered and this one did not: {', '.join(stale)} (not in this manifest; "
+            "delete them if they are not wanted)\n"
+        )
     manifest = out.finish(setup_seconds=setup_seconds)
     _remove_checkpoints(plan)
+    useful = [image for image in manifest["images"] if "degenerate" not in image]
+    if manifest["images"] and not useful:
+        procedure.finish_run(record)
+        raise DegenerateError(
+            f"all {len(manifest['images'])} pictures in {plan.output} are degenerate (say "
+            f"{manifest['images'][0]['degenerate']}): nothing useful was made. Lower "
+            "optimizer.learning_rate, check that the units respond to images, or add steps"
+        )
     shard, n_shards = plan.shard
     if config.checks.enabled and n_shards == 1:
-        manifest = check(config, stream)
+        manifest = check(config, stream, registration, record)
     if config.distributed and n_shards > 1:
         shards.wait_for_all("fvjax-render-done")
         if shard == 0:
             manifest = _merge_if_visible(Path(config.output), stream) or manifest
+    procedure.finish_run(record)
     return manifest
 
 
@@ -108,3 +156,37 @@ def _note_other_job(plan: JobPlan, stream: TextIO) -> None:
             f"fvjax: note: {plan.output} holds another job's outputs; files this job writes "
             "replace theirs, others stay but leave the manifest and gallery\n"
         )
+
+
+def _note_degenerate(out: RenderOutput, result: Any, stream: TextIO) -> None:
+    """Mark the layer's pictures that show nothing in the manifest, and say so."""
+    flat = result.images.reshape(-1, *result.images.shape[2:])
+    history = None if result.history is None else result.history.reshape(len(result.history), -1)
+    reasons = degenerate_pictures(flat, history)
+    entries = out.images[-len(reasons) :]
+    for entry, reason in zip(entries, reasons, strict=True):
+        if reason is not None:
+            entry["degenerate"] = reason
+    bad = [(e, r) for e, r in zip(entries, reasons, strict=True) if r is not None]
+    if bad:
+        shown = "; ".join(f"unit {e['unit']} seed {e['seed']}: {r}" for e, r in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        stream.write(
+            f"fvjax: warning: {len(bad)} of {len(reasons)} pictures of {result.layer} are "
+            f"degenerate ({shown}{more}); marked 'degenerate' in the manifest\n"
+        )
+
+
+def _previous_layers(output: Path) -> dict[str, str]:
+    """``{slug: layer}`` of the manifest already in ``output``, if any."""
+    try:
+        manifest = read_manifest(output)
+    except (OSError, ValueError, KeyError, FvjaxError):
+        return {}
+    return {entry["slug"]: entry["layer"] for entry in manifest.get("layers", [])}
+
+
+def _stale_layers(before: dict[str, str], out: RenderOutput) -> list[str]:
+    """Folders of ``output`` an earlier run wrote for layers this run did not render."""
+    now = {entry["slug"] for entry in out.layers}
+    return sorted(slug for slug in before if slug not in now and (out.path / slug).is_dir())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -35,6 +36,7 @@ from fvjax.errors import ArgumentError, NonFiniteError
 from fvjax.models.adapters import Model
 from fvjax.progress import Progress
 from fvjax.rendering import objectives as objectives_lib
+from fvjax.rendering import param as param_lib
 from fvjax.rendering.resume import ResumeStore
 from fvjax.rendering.seeds import Diversity, Guide
 from fvjax.rendering.step import (
@@ -97,6 +99,7 @@ class RenderPlan:
     chunk: int
     n_chunks: int
     directions: np.ndarray | None = None  # (units, seeds, C): the guide's, if any
+    starts: np.ndarray | None = None  # (units, seeds, H, W, 3): start pictures, if any
 
     @property
     def n_images(self) -> int:
@@ -130,7 +133,13 @@ class RenderPlan:
             "model_dtype": self.setup.model_dtype,
             "remat": self.setup.remat,
             **_coupling_identity(self.setup, self.directions),
+            **({"redirect_relu": self.setup.redirect_relu} if self.setup.redirect_relu else {}),
+            **({} if self.starts is None else {"starts": _digest(self.starts)}),
         }
+
+
+def _digest(values: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values, np.float32).tobytes()).hexdigest()[:16]
 
 
 def _coupling_identity(setup: Setup, directions: np.ndarray | None) -> dict[str, Any]:
@@ -139,8 +148,7 @@ def _coupling_identity(setup: Setup, directions: np.ndarray | None) -> dict[str,
     if setup.diversity is not None:
         out["diversity"] = [setup.diversity.layer, setup.diversity.weight]
     if setup.guide is not None:
-        digest = hashlib.sha256(np.ascontiguousarray(directions, np.float32).tobytes())
-        out["guide"] = [setup.guide.layer, setup.guide.weight, digest.hexdigest()[:16]]
+        out["guide"] = [setup.guide.layer, setup.guide.weight, _digest(directions)]
     return out
 
 
@@ -192,6 +200,8 @@ def plan_render(
     diversity: Diversity | None = None,
     guide: Guide | None = None,
     directions: Any = None,
+    starts: Any = None,
+    redirect_relu: int = 0,
 ) -> RenderPlan:
     """Check a render's arguments and lay out its work (the arguments are :func:`render`'s).
 
@@ -216,9 +226,11 @@ def plan_render(
         diversity,
         guide,
         len(seeds) if diversity is not None else 1,
+        redirect_relu,
     )
     n_units = len(objective.unit_ids())
     directions = _checked_directions(model, setup, directions, (n_units, len(seeds)))
+    starts = _checked_starts(setup, starts, (n_units, len(seeds)))
     n_devices = 1 if mesh is None else mesh.size
     chunk, n_chunks = plan_chunks(n_units * len(seeds), batch_size, n_devices, setup.group)
     return RenderPlan(
@@ -231,7 +243,24 @@ def plan_render(
         chunk=chunk,
         n_chunks=n_chunks,
         directions=directions,
+        starts=starts,
     )
+
+
+def _checked_starts(setup: Setup, starts: Any, shape: tuple) -> np.ndarray | None:
+    """The start pictures as ``(units, seeds, H, W, 3)`` float32 in [0, 1], checked."""
+    if starts is None:
+        return None
+    param_lib.check_invertible(setup.param)
+    starts = np.asarray(starts, np.float32)
+    want = (*shape, *setup.size, 3)
+    if starts.shape != want:
+        raise ArgumentError(
+            f"starts must have shape (units, seeds, H, W, 3) = {want}, got {starts.shape}"
+        )
+    if not np.isfinite(starts).all() or starts.min() < 0 or starts.max() > 1:
+        raise ArgumentError("starts must be pictures with every value in [0, 1]")
+    return starts
 
 
 def _checked_directions(model: Model, setup: Setup, directions: Any, shape: tuple) -> Any:
@@ -258,7 +287,7 @@ def _checked_directions(model: Model, setup: Setup, directions: Any, shape: tupl
 def run_plan(
     plan: RenderPlan,
     *,
-    progress: bool | Progress = False,
+    progress: bool | Progress | None = None,
     checkpoint_dir: str | None = None,
     checkpoint_every: int | None = None,
 ) -> RenderResult:
@@ -280,7 +309,11 @@ def run_plan(
     )
     bar = progress if isinstance(progress, Progress) else None
     if bar is None:
-        bar = Progress(plan.total_steps, label=objective.label, enabled=bool(progress))
+        if progress is None:  # on where someone watches: stderr is a terminal
+            progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        height, width = plan.setup.size
+        what = f"{objective.label}: {n_items} pictures, {steps} steps, {height}x{width} px"
+        bar = Progress(plan.total_steps, label=what, enabled=bool(progress))
     size = plan.setup.size
     images = np.zeros((n_items, *size, 3), np.float32)
     finals = np.zeros((n_items,), np.float32)
@@ -295,6 +328,7 @@ def run_plan(
         if plan.directions is None
         else plan.directions.reshape(n_items, -1)
     )
+    starts = None if plan.starts is None else plan.starts.reshape(n_items, *size, 3)
     for c in range(n_chunks):
         index = chunk_index(c, chunk, n_items, group)
         real = index[: min(chunk, n_items - c * chunk)]
@@ -303,17 +337,17 @@ def run_plan(
             saved = store.load_chunk(c, like)
             images[real], finals[real] = saved["images"], saved["finals"]
             history[:, real] = saved["history"]
-            bar.update(steps, note=f"chunk {c + 1}/{n_chunks} (from checkpoint)")
+            bar.skip(steps, note=f"chunk {c + 1}/{n_chunks} (from checkpoint)")
             continue
         chunk_objective = objective.take(item_unit[index])
         chunk_keys = keys[index]
-        state = init_state(plan.setup, init_keys[index])
+        state = init_state(plan.setup, init_keys[index], None if starts is None else starts[index])
         chunk_history = np.zeros((steps, chunk), np.float32)
         done = 0
         inflight = store.load_inflight(c, state, chunk_history) if store else None
         if inflight is not None:
             done, state, chunk_history = inflight
-            bar.update(done, note=f"chunk {c + 1}/{n_chunks} (resumed at step {done})")
+            bar.skip(done, note=f"chunk {c + 1}/{n_chunks} (resumed at step {done})")
         while done < steps:
             n = min(plan.steps_per_call, steps - done)
             call_start = time.perf_counter()
@@ -380,7 +414,7 @@ def render(
     model: Model,
     objective: objectives_lib.Objective,
     *,
-    progress: bool | Progress = False,
+    progress: bool | Progress | None = None,
     checkpoint_dir: str | None = None,
     checkpoint_every: int | None = None,
     **settings: Any,
@@ -404,7 +438,9 @@ def render(
             so there is one compilation whatever the number of units.
         steps_per_call: steps per compiled call (``lax.scan`` inside); default
             :func:`default_steps_per_call`.
-        progress: show a progress bar on stderr (or pass a :class:`Progress` to update).
+        progress: show a progress bar on stderr, headed by what is rendered (pictures, steps,
+            size); default: on when stderr is a terminal. Or pass a :class:`Progress` to
+            update.
         checkpoint_dir: save each finished chunk there (and, every ``checkpoint_every`` steps,
             the chunk in flight) with orbax; a render killed at any moment and called again
             with the same arguments resumes there and gives the same pictures. The optimizer
@@ -429,6 +465,14 @@ def render(
         guide: a :class:`~fvjax.rendering.seeds.Guide` ``(layer, weight)``: each picture
             pulled towards its own direction at ``layer``, given as ``directions``
             ``(units, seeds, channels)`` (say the facets of the unit's natural examples).
+        starts: ``(units, seeds, H, W, 3)`` pictures in [0, 1] to start from (say the mean
+            image of a facet's natural examples, as Nguyen et al. 2016 do): each picture's
+            parameterization begins at its start plus its seed's usual small draw. Needs a
+            parameterization with ``from_image`` (``pixel()`` and ``fourier()`` have it).
+        redirect_relu: for how many first steps the model's ReLUs pass the gradient that
+            would raise a dead input (Lucid's redirected ReLU,
+            :mod:`fvjax.rendering.redirect`): 0 never (the default), -1 every step. One
+            compiled program for both phases; any JAX model.
 
     Returns:
         a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)``.
@@ -458,7 +502,9 @@ def render_layer(
     """Render every unit (or ``units``) of ``layer``: the normal case, one program.
 
     ``kind`` is ``"channel"`` (mean over positions) or ``"neuron"`` (the centre position);
-    other keyword arguments go to :func:`render`.
+    other keyword arguments go to :func:`render`, whose defaults hold: 512 steps of
+    ``adam(0.05)`` on ``fourier()`` pictures of 128 x 128 px through ``standard()``
+    transforms, one seed, a progress bar when stderr is a terminal.
 
     >>> import fvjax
     >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})

@@ -31,6 +31,7 @@ from fvjax.errors import ArgumentError, ImageSizeError
 from fvjax.models.adapters import INPUT, Model, as_size
 from fvjax.rendering import objectives as objectives_lib
 from fvjax.rendering import param as param_lib
+from fvjax.rendering import redirect as redirect_lib
 from fvjax.rendering import seeds as seeds_lib
 from fvjax.rendering import transforms as transforms_lib
 
@@ -70,6 +71,7 @@ class Setup(NamedTuple):
     diversity: Any = None  # a seeds.Diversity: a unit's seeds pushed apart
     guide: Any = None  # a seeds.Guide: each picture steered towards its own direction
     group: int = 1  # pictures per unit, consecutive in a chunk (the seeds diversity couples)
+    redirect_relu: int = 0  # steps with redirected ReLU gradients: 0 none, -1 every step
 
 
 def make_setup(
@@ -85,10 +87,11 @@ def make_setup(
     diversity: Any = None,
     guide: Any = None,
     group: int = 1,
+    redirect_relu: int = 0,
 ) -> Setup:
     """A render's defaults filled in and its arguments checked, as one :class:`Setup`: the one
-    place ``size``, ``model_dtype`` and ``remat`` are validated (with the objective against
-    the model, :func:`check_sizes`)."""
+    place ``size``, ``model_dtype``, ``remat`` and ``redirect_relu`` are validated (with the
+    objective against the model, :func:`check_sizes`)."""
     size = as_size(size)
     param = param if param is not None else param_lib.fourier()
     transform = transforms if transforms is not None else transforms_lib.standard()
@@ -98,6 +101,10 @@ def make_setup(
         raise ArgumentError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
     if not isinstance(remat, str) or remat not in REMAT:
         raise ArgumentError(f"remat must be one of {', '.join(map(repr, REMAT))}, got {remat!r}")
+    if isinstance(redirect_relu, bool) or not isinstance(redirect_relu, int | np.integer):
+        raise ArgumentError(f"redirect_relu must be a number of steps, got {redirect_relu!r}")
+    if redirect_relu < -1:
+        raise ArgumentError(f"redirect_relu must be >= -1 (-1: every step), got {redirect_relu}")
     apply = model.apply
     if remat == "blocks":
         if model.remat_apply is None:
@@ -116,9 +123,10 @@ def make_setup(
         raise ArgumentError(
             f"diversity pushes a unit's seeds apart and needs at least 2 seeds, got {group}"
         )
-    return Setup(
+    setup = Setup(
         apply, param, transform, optimizer, size, mesh, model_dtype, remat, diversity, guide, group
     )
+    return setup._replace(redirect_relu=int(redirect_relu))
 
 
 def _saves_products(primitive: Any, *args: Any, **params: Any) -> bool:
@@ -168,10 +176,15 @@ def default_optimizer() -> optax.GradientTransformation:
 
 
 def _model_activations(
-    setup: Setup, params: Any, images: Array, layers: Iterable[str]
+    setup: Setup, params: Any, images: Array, layers: Iterable[str], step: Array
 ) -> dict[str, Array]:
-    """The model's ``layers`` on ``images``, computed in ``setup.model_dtype``, in float32."""
+    """The model's ``layers`` on ``images``, computed in ``setup.model_dtype``, in float32;
+    its ReLUs redirected at ``step`` when ``setup.redirect_relu`` says so."""
     apply = setup.apply  # remat="blocks": the model's own checkpoints are in it
+    if setup.redirect_relu:
+        # A traced switch: the redirected and the real steps share one compiled program.
+        on = jnp.asarray(setup.redirect_relu < 0) | (step < setup.redirect_relu)
+        apply = redirect_lib.redirect_relu(apply, on)
     if setup.remat == "convs":
         apply = jax.checkpoint(apply, policy=_saves_products)
     if setup.model_dtype == "float32":
@@ -218,7 +231,7 @@ def _objective_values(
         pictures = jax.checkpoint(pictures)
     images, inputs = pictures(raw)
     wanted = set(objective.layers) | set(_coupled_layers(setup))
-    needed = _model_activations(setup, params, inputs, sorted(wanted - {INPUT}))
+    needed = _model_activations(setup, params, inputs, sorted(wanted - {INPUT}), step)
     if INPUT in wanted:
         needed[INPUT] = images
     values = jax.vmap(lambda o, a: o(a), in_axes=(objective.vmap_axes(), 0))(objective, needed)
@@ -289,14 +302,20 @@ def run_steps(
 
 
 @partial(jax.jit, static_argnums=0)
-def init_state(setup: Setup, keys: Array) -> State:
-    def init(keys: Array) -> State:
+def init_state(setup: Setup, keys: Array, starts: Array | None = None) -> State:
+    """Each picture's first state: the parameterization's draw from its key, added to the raw
+    variables of its start image ``starts (N, H, W, 3)`` when given."""
+
+    def init(keys: Array, starts: Array | None) -> State:
         raw = jax.vmap(lambda k: setup.param.init(k, setup.size))(keys)
+        if starts is not None:
+            begun = jax.vmap(lambda image: param_lib.from_image(setup.param, image, setup.size))
+            raw = jax.tree.map(jnp.add, raw, begun(starts))
         opt_state = jax.vmap(setup.optimizer.init)(raw)
         n = keys.shape[0]
         return State(raw, opt_state, jnp.zeros((), jnp.int32), jnp.full((n,), -1, jnp.int32))
 
-    return _on_devices(setup, init, (_BATCH,), STATE_SPECS)(keys)
+    return _on_devices(setup, init, (_BATCH, _BATCH), STATE_SPECS)(keys, starts)
 
 
 @partial(jax.jit, static_argnums=0)
