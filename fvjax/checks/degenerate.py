@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 #: A picture is saturated when at least this share of its values lie at 0 or 1 (within one
-#: 8-bit level); a render at a sane learning rate keeps well under it (the default job's
-#: ``fourier()`` pictures: none at 0 or 1).
+#: 8-bit level); a render at a sane learning rate keeps well under it (the default job at 64
+#: steps: at most 0.45% of a picture's values, median 0; at ``learning_rate=1e30``: 100%).
 SATURATED_SHARE = 0.9
 
 #: One 8-bit level: values closer than this to 0 or 1 count as at the bound, a picture whose
