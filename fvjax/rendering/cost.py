@@ -18,8 +18,9 @@ import optax
 
 from fvjax.errors import ArgumentError
 from fvjax.models.adapters import Model
+from fvjax.rendering.engine import plan_render
 from fvjax.rendering.objectives import Objective
-from fvjax.rendering.step import Setup, init_state, make_setup, picture_loss, run_steps
+from fvjax.rendering.step import Setup, init_state, picture_loss, run_steps
 
 Array = jax.Array
 
@@ -55,17 +56,10 @@ def lower_step(
     >>> flops["convs"] > flops["none"]  # sin is computed again in the backward pass
     True
     """
-    setup = make_setup(
-        model,
-        objective,
-        size,
-        param,
-        transforms,
-        optimizer,
-        model_dtype,
-        remat,
-        redirect_relu=redirect_relu,
-    )
+    setup = plan_render(
+        model, objective, size=size, param=param, transforms=transforms, optimizer=optimizer,
+        model_dtype=model_dtype, remat=remat, redirect_relu=redirect_relu, devices=1,
+    ).setup  # fmt: skip
     state, chunk_objective, keys, params = _abstract_step(setup, model, objective, batch)
     none = jax.ShapeDtypeStruct((keys.shape[0], 0), jnp.float32)  # no guide
     return run_steps.lower(setup, 1, state, chunk_objective, keys, params, none)
@@ -125,7 +119,10 @@ def residual_bytes(
     >>> residual_bytes(model, fvjax.objectives.channel("sq", [0]), 2, **cheap) > 0
     True
     """
-    setup = make_setup(model, objective, size, param, transforms, None, model_dtype, remat)
+    setup = plan_render(
+        model, objective, size=size, param=param, transforms=transforms,
+        model_dtype=model_dtype, remat=remat, devices=1,
+    ).setup  # fmt: skip
     state, chunk_objective, keys, params = _abstract_step(setup, model, objective, batch)
 
     def backward(raw: Any, objective: Any, keys: Array, params: Any, step: Array) -> Any:
