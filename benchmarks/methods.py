@@ -1,10 +1,12 @@
-"""The field's methods against the default step: redirected ReLU gradients and MACO.
+"""The field's methods against the default step: redirected ReLU gradients, MACO and the
+Laplacian pyramid.
 
 In one run, interleaved, at the same layer, size and batch: steady-state image-steps/s of
 ``render`` with the default procedure (Fourier + standard transforms + adam), with
 ``redirect_relu=-1`` (every ReLU redirected at every step: one program serves the redirected
 and the real steps, so a step costs the same whichever it is), with MACO's parameterization
-behind the standard transforms, and with MACO's parameterization and its own crops and noise.
+behind the standard transforms, with MACO's parameterization and its own crops and noise, and
+with a 4-level Laplacian pyramid behind the standard transforms.
 Each variant's first call (trace and compile) is timed apart, and XLA's static flop count per
 image-step (:func:`fvjax.rendering.cost.lower_step`), which does not depend on a noisy machine.
 Prints a table and appends it to ``benchmarks/RESULTS.md`` (not with ``--no-record``).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import time
 
 from fvjax import maco
+from fvjax import param as P
 from fvjax import transforms as T
 from fvjax.benchmarking import channel_objective, load_model, parse_args, record
 from fvjax.benchmarking import parser as benchmark_parser
@@ -33,6 +36,7 @@ def variants(args) -> dict[str, dict]:
         "redirect_relu=-1": dict(transforms=standard, redirect_relu=-1),
         "maco param": dict(transforms=standard, param=maco.param()),
         "maco param + crops": dict(transforms=maco.transforms(), param=maco.param()),
+        "laplacian(4) param": dict(transforms=standard, param=P.laplacian(levels=4)),
     }
 
 
@@ -75,7 +79,7 @@ def main() -> None:
             ),
         ]
     )
-    record(args, "Redirected ReLU and MACO against the default step", text)
+    record(args, "Redirected ReLU, MACO and the Laplacian pyramid against the default step", text)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Make the README's pictures of redirected ReLU gradients and MACO (deterministic: the same
-bits on one backend; about 40 s on our 2-core CPU).
+"""Make the README's pictures of redirected ReLU gradients, MACO and the Laplacian pyramid
+(deterministic: the same bits on one backend; about 60 s on our 2-core CPU).
 
     python scripts/method_pictures.py [--out docs]
 
@@ -10,6 +10,8 @@ bits on one backend; about 40 s on our 2-core CPU).
 - ``maco.png``: worldnet ``block3/conv`` units 1, 5, 8 and 9 at 64 px, 256 steps; top row the
   default (Fourier + ``standard(0.5)``), bottom row MACO (the world's spectrum, its crops and
   noise).
+- ``laplacian.png``: the same units and settings, bottom row a 4-level Laplacian pyramid
+  (``param.laplacian()``) behind the same transforms.
 """
 
 from __future__ import annotations
@@ -55,14 +57,15 @@ def redirect_picture() -> tuple[np.ndarray, np.ndarray]:
     return _grid(rows, scale=3), np.stack(fractions)
 
 
-def maco_picture() -> tuple[np.ndarray, np.ndarray]:
-    """The picture, and ``(2, 4)`` final activations (default, MACO)."""
+def maco_picture(other: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The picture, and ``(2, 4)`` final activations (default, then MACO or ``other``: the
+    render settings of the bottom row)."""
     model = fvjax.zoo.load("worldnet")
     objective = O.channel("block3/conv", [1, 5, 8, 9])
     rows, values = [], []
     for kwargs in (
         dict(transforms=fvjax.transforms.standard(0.5)),
-        dict(param=fvjax.maco.param(), transforms=fvjax.maco.transforms()),
+        other or dict(param=fvjax.maco.param(), transforms=fvjax.maco.transforms()),
     ):
         result = fvjax.render(model, objective, steps=256, size=64, progress=False, **kwargs)
         rows.append(result.images[:, 0])
@@ -83,6 +86,11 @@ def main() -> None:
     picture, values = maco_picture()
     (out / "maco.png").write_bytes(png_bytes(picture))
     print("block3/conv units 1, 5, 8, 9, default / MACO:")
+    print(np.round(values, 2))
+    pyramid = dict(param=fvjax.param.laplacian(), transforms=fvjax.transforms.standard(0.5))
+    picture, values = maco_picture(pyramid)
+    (out / "laplacian.png").write_bytes(png_bytes(picture))
+    print("block3/conv units 1, 5, 8, 9, default / Laplacian pyramid:")
     print(np.round(values, 2))
 
 

@@ -16,7 +16,7 @@ def test_defaults_are_valid_and_resolve_to_every_key():
         "model_dtype", "remat", "redirect_relu", "diversity", "checks", "facets",
     }  # fmt: skip
     assert data["param"] == {"kind": "fourier", "decorrelate": True, "decay": 1.0,
-                             "output": "sigmoid", "spectrum": ""}  # fmt: skip
+                             "output": "sigmoid", "levels": 4, "spectrum": ""}  # fmt: skip
     assert data["layers"] == ["block3"] and data["units"] == "all"
     assert len(sha) == 64 and int(sha, 16) >= 0
 

@@ -207,3 +207,12 @@ def test_progress_is_on_by_default_where_stderr_is_a_terminal(rgb_model, monkeyp
         assert "channel:rgb: 2 pictures, 12 steps, 16x16 px" in shown and "100.0%" in shown
     else:
         assert shown == ""
+
+
+def test_a_laplacian_pyramid_renders_a_layer_in_one_program(rgb_model):
+    kwargs = dict(seeds=2, steps=6, size=16, param=P.laplacian(levels=3), transforms=CHEAP)
+    first = fvjax.render(rgb_model, O.channel("rgb", [0, 1]), **kwargs)
+    before = trace_count()
+    again = fvjax.render(rgb_model, O.channel("rgb", [1, 2]), **kwargs)
+    assert trace_count() == before  # new units, no retrace
+    assert (first.history[-1] > first.history[0]).all() and again.images.shape[:2] == (2, 2)

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.usefixtures("strict_promotion")
         param.pixel(decorrelate=True, output="clip"),
         param.fourier(),
         param.fourier(decorrelate=False, decay=1.5),
+        param.laplacian(),
+        param.laplacian(levels=2, decorrelate=False, output="clip"),
     ],
     ids=repr,
 )
@@ -34,7 +36,9 @@ def test_images_are_rgb_in_unit_range_and_start_grey(p, size):
     assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
 
 
-@pytest.mark.parametrize("p", [param.pixel(decorrelate=True), param.fourier()], ids=repr)
+@pytest.mark.parametrize(
+    "p", [param.pixel(decorrelate=True), param.fourier(), param.laplacian(levels=3)], ids=repr
+)
 def test_gradients_match_finite_differences(p):
     size = (8, 10)
     raw = p.init(jax.random.key(1), size)
@@ -88,6 +92,7 @@ def test_custom_parameterization_from_two_functions():
         param.pixel(decorrelate=True, output="clip"),
         param.fourier(),
         param.fourier(decorrelate=False, decay=1.5, output="clip"),
+        param.laplacian(levels=3),
     ],
     ids=repr,
 )
@@ -110,3 +115,14 @@ def test_from_image_needs_an_inverse():
     custom = param.Parameterization(init=lambda k, s: jnp.zeros((*s, 3)), to_image=lambda r, s: r)
     with pytest.raises(ArgumentError, match="from_image"):
         param.from_image(custom, jnp.zeros((2, 2, 3)), (2, 2))
+
+
+def test_a_laplacian_level_moves_a_whole_patch():
+    p = param.laplacian(levels=3, decorrelate=False, output="clip")
+    size = (16, 16)
+    raw = tuple(jnp.zeros_like(r) for r in p.init(jax.random.key(0), size))
+    coarse = (raw[0], raw[1], raw[2].at[0, 0, 0].set(0.4))  # one variable of the 4x4 level
+    moved = np.asarray(p.to_image(coarse, size) - p.to_image(raw, size))[..., 0]
+    assert (moved > 0).sum() >= 36 and np.isclose(moved.max(), 0.4)  # a patch, not a pixel
+    with pytest.raises(ArgumentError, match="levels must be an integer >= 1"):
+        param.laplacian(levels=0)

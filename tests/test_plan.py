@@ -88,6 +88,10 @@ def test_the_plan_holds_one_optimizer_param_and_transform_for_every_layer():
     pixel = from_dict({}, ["param.kind=pixel", "param.decorrelate=false", "transforms.preset=none"])
     assert plan_lib.build_param(pixel) == fvjax.param.pixel(decorrelate=False)
     assert plan_lib.build_transforms(pixel) == fvjax.transforms.identity()
+    pyramid = from_dict({}, ["param.kind=laplacian", "param.levels=3"])
+    assert plan_lib.build_param(pyramid) == fvjax.param.laplacian(levels=3)
+    with pytest.raises(ConfigError, match="param.levels"):
+        from_dict({}, ["param.levels=0"])
 
 
 def test_maco_and_redirected_relus_are_config_keys(tmp_path):

@@ -50,7 +50,7 @@ from fvjax.rendering.objectives import LAYER_OBJECTIVES
 from fvjax.rendering.param import OUTPUTS
 from fvjax.rendering.step import MODEL_DTYPES, REMAT
 
-PARAMS = ("fourier", "pixel", "maco")
+PARAMS = ("fourier", "pixel", "maco", "laplacian")
 PRESETS = ("standard", "none", "maco")
 #: ``optax`` optimizers that take the learning rate as their first argument and keep
 #: per-parameter state (the engine vmaps the update, one state per picture).
@@ -78,12 +78,13 @@ class ParamConfig(keys.Checked):
     """How a picture is parameterized (:mod:`fvjax.rendering.param`)."""
 
     _prefix = "param."
-    kind: str = keys.key(keys.one_of(PARAMS), "fourier", "fourier | pixel | maco")
+    kind: str = keys.key(keys.one_of(PARAMS), "fourier", "fourier | pixel | maco | laplacian")
     decorrelate: bool = keys.key(keys.boolean, True, "optimize in decorrelated colour space")
     decay: float = keys.key(keys.number(0.0), 1.0, "1/f**decay spectrum scaling (fourier only)")
     output: str = keys.key(
         keys.one_of(OUTPUTS), "sigmoid", "sigmoid | clip: map to [0, 1] (maco: clip)"
     )
+    levels: int = keys.key(keys.integer(1), 4, "pyramid levels (laplacian only)")
     spectrum: str = keys.key(
         keys.optional_text, "", "maco's magnitude: '' the world's, a .npy file, an image folder"
     )

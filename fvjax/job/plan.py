@@ -74,6 +74,8 @@ def build_param(config: Config) -> Any:
         return maco_lib.param(spectrum)
     if p.kind == "pixel":
         return param_lib.pixel(decorrelate=p.decorrelate, output=p.output)
+    if p.kind == "laplacian":
+        return param_lib.laplacian(levels=p.levels, decorrelate=p.decorrelate, output=p.output)
     return param_lib.fourier(decorrelate=p.decorrelate, decay=p.decay, output=p.output)
 
 
