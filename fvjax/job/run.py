@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fvjax.checks.degenerate import degenerate_pictures
-from fvjax.errors import DegenerateError, FvjaxError, NonFiniteError, ShardError
+from fvjax.errors import DegenerateError, NonFiniteError, ShardError
 from fvjax.job import config as config_lib
 from fvjax.job import procedure, shards
 from fvjax.job.check import check
@@ -50,8 +50,8 @@ def run(
     if config.distributed:
         shards.initialize_distributed()  # before anything touches a JAX backend
     plan = build_plan(config)
-    _note_other_job(plan, stream)
-    before = _previous_layers(plan.output)
+    previous = _previous_manifest(plan.output)
+    _note_other_job(plan, previous, stream)
     units = procedure.units_of(config, plan.shapes)
     record = procedure.start_run(
         config, plan.model.params, "render", units, plan.output, registration, plan.shard
@@ -94,7 +94,7 @@ def run(
             )
         raise
     bar.close()
-    stale = _stale_layers(before, out)
+    stale = _stale_layers(previous, out)
     if stale:
         out.extra["stale_layers"] = stale
         stream.write(
@@ -144,12 +144,20 @@ def _merge_if_visible(path: Path, stream: TextIO) -> dict[str, Any] | None:
         return None
 
 
-def _note_other_job(plan: JobPlan, stream: TextIO) -> None:
+def _previous_manifest(output: Path) -> dict[str, Any] | None:
+    """The manifest an earlier run left in ``output``, if any (read once, before this run
+    writes its own)."""
+    try:
+        return read_manifest(output)
+    except (OSError, ValueError):
+        return None
+
+
+def _note_other_job(plan: JobPlan, previous: dict[str, Any] | None, stream: TextIO) -> None:
     """Say so when the output directory holds the pictures of a job with another identity."""
     try:
-        previous = read_manifest(plan.output)
         theirs = config_lib.identity(previous["config"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):  # no manifest, or not one of ours
         return
     if theirs != config_lib.identity(plan.config):
         stream.write(
@@ -163,11 +171,9 @@ def _note_degenerate(out: RenderOutput, result: Any, stream: TextIO) -> None:
     flat = result.images.reshape(-1, *result.images.shape[2:])
     history = None if result.history is None else result.history.reshape(len(result.history), -1)
     reasons = degenerate_pictures(flat, history)
-    entries = out.images[-len(reasons) :]
-    for entry, reason in zip(entries, reasons, strict=True):
-        if reason is not None:
-            entry["degenerate"] = reason
-    bad = [(e, r) for e, r in zip(entries, reasons, strict=True) if r is not None]
+    bad = [(e, r) for e, r in zip(out.images[-len(reasons) :], reasons, strict=True) if r]
+    for entry, reason in bad:
+        entry["degenerate"] = reason
     if bad:
         shown = "; ".join(f"unit {e['unit']} seed {e['seed']}: {r}" for e, r in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
@@ -177,16 +183,9 @@ def _note_degenerate(out: RenderOutput, result: Any, stream: TextIO) -> None:
         )
 
 
-def _previous_layers(output: Path) -> dict[str, str]:
-    """``{slug: layer}`` of the manifest already in ``output``, if any."""
-    try:
-        manifest = read_manifest(output)
-    except (OSError, ValueError, KeyError, FvjaxError):
-        return {}
-    return {entry["slug"]: entry["layer"] for entry in manifest.get("layers", [])}
-
-
-def _stale_layers(before: dict[str, str], out: RenderOutput) -> list[str]:
-    """Folders of ``output`` an earlier run wrote for layers this run did not render."""
+def _stale_layers(previous: dict[str, Any] | None, out: RenderOutput) -> list[str]:
+    """Folders of ``output`` an earlier run (its ``previous`` manifest) wrote for layers this
+    run did not render."""
+    before = {entry["slug"] for entry in (previous or {}).get("layers", [])}
     now = {entry["slug"] for entry in out.layers}
-    return sorted(slug for slug in before if slug not in now and (out.path / slug).is_dir())
+    return sorted(slug for slug in before - now if (out.path / slug).is_dir())

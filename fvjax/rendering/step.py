@@ -123,10 +123,10 @@ def make_setup(
         raise ArgumentError(
             f"diversity pushes a unit's seeds apart and needs at least 2 seeds, got {group}"
         )
-    setup = Setup(
-        apply, param, transform, optimizer, size, mesh, model_dtype, remat, diversity, guide, group
-    )
-    return setup._replace(redirect_relu=int(redirect_relu))
+    return Setup(
+        apply, param, transform, optimizer, size, mesh, model_dtype, remat, diversity, guide, group,
+        int(redirect_relu),
+    )  # fmt: skip
 
 
 def _saves_products(primitive: Any, *args: Any, **params: Any) -> bool:
