@@ -33,6 +33,8 @@ COLOR_CORRELATION_SQRT = np.array(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], np.float32
 )
 _COLOR_MIX = COLOR_CORRELATION_SQRT / np.max(np.linalg.norm(COLOR_CORRELATION_SQRT, axis=0))
+#: ``rgb @ COLOR_UNMIX`` undoes the colour mix: decorrelated values from RGB ones.
+COLOR_UNMIX = np.linalg.inv(_COLOR_MIX).T.astype(np.float32)
 
 
 def normal(key: Array, shape: tuple[int, ...], std: float = 1.0) -> Array:
@@ -76,7 +78,7 @@ def from_rgb(image: Array, decorrelate: bool, output: str) -> Array:
     else:
         x = image - 0.5
     if decorrelate:
-        x = x @ jnp.asarray(np.linalg.inv(_COLOR_MIX).T)
+        x = x @ jnp.asarray(COLOR_UNMIX)
     return x
 
 
