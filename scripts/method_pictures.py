@@ -44,7 +44,7 @@ def _grid(rows: list[np.ndarray], scale: int, gap: int = 2) -> np.ndarray:
 def redirect_picture() -> tuple[np.ndarray, np.ndarray]:
     """The picture, and ``(2, 8)`` fractions of the optimum (without, with redirection)."""
     model = planted.oriented_filters(ANGLES)
-    best = np.maximum(np.asarray(model.params["kernel"]), 0).sum((0, 1, 2))
+    best = planted.orientation_optimum(model)
     rows, fractions = [], []
     for redirect in (0, 16):
         result = fvjax.render(

@@ -145,7 +145,7 @@ def test_redirected_neurons_of_planted_filters_reach_their_optimum(param, optimi
     redirection some neurons start dead and never move; with it every one reaches 0.9 of its
     optimum (the module's docstring has the 512-step figures)."""
     model = P.oriented_filters(ANGLES)
-    best = np.maximum(np.asarray(model.params["kernel"]), 0).sum((0, 1, 2))  # (8,)
+    best = P.orientation_optimum(model)  # (8,)
     kwargs = dict(seeds=2, size=24, param=param, optimizer=optimizer)
     kwargs["transforms"] = fvjax.transforms.identity()
     objective = O.neuron(P.ORIENTATION_LAYER, range(8))

@@ -249,6 +249,23 @@ def oriented_filters(
     return from_fn(apply, params=params, name="oriented_filters")
 
 
+def orientation_optimum(model: Model) -> np.ndarray:
+    """``(C,)`` the analytic best response of each centre neuron of :func:`oriented_filters`
+    (or of :func:`planted_model`'s ``"orientation"`` layer): luminance 1 where the Gabor
+    kernel is positive and 0 where it is negative, so ``sum(max(kernel, 0))``.
+
+    >>> model = oriented_filters((0, 90), wavelength=4.0)
+    >>> best = orientation_optimum(model)
+    >>> picture = np.stack([np.where(model.params["kernel"][..., k] > 0, 1.0, 0.0)
+    ...                     for k in range(2)])  # (2, k, k, 1): each unit's best patch
+    >>> out = np.asarray(model.activations(np.repeat(picture, 3, -1))[ORIENTATION_LAYER])
+    >>> np.allclose([out[k, 0, 0, k] for k in range(2)], best, atol=1e-5)
+    True
+    """
+    params = model.params.get("orientation", model.params)
+    return np.maximum(np.asarray(params["kernel"], np.float64), 0).sum((0, 1, 2))
+
+
 def stripes(
     angle: float, size: int | tuple[int, int], wavelength: float, phase: float = 0.0
 ) -> np.ndarray:
