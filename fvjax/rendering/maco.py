@@ -227,8 +227,8 @@ class Maco:
         return jnp.fft.irfft2(jax.lax.complex(real, imag), s=size, norm="ortho")
 
     def to_image(self, raw: Array, size: tuple[int, int]) -> Array:
-        """``(H, W, 3)`` in [0, 1]: the signal recoloured, plus grey, clipped (with a
-        straight-through gradient). Not standardized and squashed by a sigmoid as in Xplique:
+        """``(H, W, 3)`` in [0, 1]: the signal recoloured, plus grey, clipped (with
+        :func:`~fvjax.rendering.param.clip_inward`'s gradient). Not standardized and squashed by a sigmoid as in Xplique:
         the picture keeps the dataset's contrast (on the world's spectrum Xplique's way gave
         grey pictures, pixel std 0.05 at the start against the world's 0.21, and 3-5x lower
         activations on worldnet)."""

@@ -58,15 +58,49 @@ class Parameterization(NamedTuple):
     to_image: Callable[[Any, tuple[int, int]], Array]
 
 
+@jax.custom_vjp
+def clip_inward(x: Array) -> Array:
+    """``clip(x, 0, 1)`` whose gradient passes inside [0, 1], and outside only where a
+    gradient-descent step moves the value back towards [0, 1].
+
+    A plain clip passes no gradient outside, so a pixel pushed past a bound could never come
+    back; a straight-through gradient passes all of it, and then keeps pushing pixels that
+    are already saturated further out. In the Fourier basis, where every coefficient moves
+    every pixel, those wasted pushes took over: on the planted oriented filters (8 neurons x 2
+    seeds, 24 px, adam(0.05), 256 steps, 2-core CPU) straight-through left 11 of 16 neurons at
+    0 and none above 0.21 of its analytic optimum; with this gradient every live neuron
+    reaches 1.0 of it (all 16 with ``redirect_relu=16``).
+
+    The gradient is a *loss's*, as the engine minimizes ``-objective``: outside the range a
+    step ``-lr * g`` must point back in for ``g`` to pass.
+
+    >>> loss = lambda x: -(clip_inward(x) * jnp.array([1.0, -1.0, 1.0])).sum()
+    >>> jax.grad(loss)(jnp.array([1.5, 1.5, 0.5])).tolist()  # pixel 0 wants to rise: no use
+    [0.0, 1.0, -1.0]
+    """
+    return jnp.clip(x, 0.0, 1.0)
+
+
+def _clip_inward_forward(x: Array) -> tuple[Array, Array]:
+    return jnp.clip(x, 0.0, 1.0), x
+
+
+def _clip_inward_backward(x: Array, g: Array) -> tuple[Array]:
+    # A descent step moves x by -g: keep g inside, and outside where -g points back in.
+    inward = ((x > 1.0) & (g > 0)) | ((x < 0.0) & (g < 0))
+    return (jnp.where(((x >= 0.0) & (x <= 1.0)) | inward, g, 0.0),)
+
+
+clip_inward.defvjp(_clip_inward_forward, _clip_inward_backward)
+
+
 def to_rgb(x: Array, decorrelate: bool, output: str) -> Array:
     """Map unconstrained ``(..., 3)`` values to RGB in [0, 1]."""
     if decorrelate:
         x = x @ jnp.asarray(_COLOR_MIX).T
     if output == "sigmoid":
         return jax.nn.sigmoid(x)
-    # Clip with a straight-through gradient, so pixels at the bound can move back inside.
-    shifted = x + 0.5
-    return shifted + jax.lax.stop_gradient(jnp.clip(shifted, 0.0, 1.0) - shifted)
+    return clip_inward(x + 0.5)
 
 
 def from_rgb(image: Array, decorrelate: bool, output: str) -> Array:
@@ -82,7 +116,7 @@ def from_rgb(image: Array, decorrelate: bool, output: str) -> Array:
     return x
 
 
-#: How raw values become pixels in [0, 1]: a sigmoid, or a clip with a straight-through gradient.
+#: How raw values become pixels in [0, 1]: a sigmoid, or a clip (:func:`clip_inward`).
 OUTPUTS = ("sigmoid", "clip")
 
 #: How far inside (0, 1) a start image's pixels are moved for a sigmoid output: a pixel at 0.01
