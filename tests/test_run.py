@@ -48,6 +48,10 @@ def test_a_huge_learning_rate_fails_with_status_1_and_says_why(tmp_path, capsys)
     assert "nothing useful was made. Lower optimizer.learning_rate" in err
     manifest = json.loads((out / "manifest.json").read_text())  # written, and marked
     assert all(image["degenerate"].startswith("saturated") for image in manifest["images"])
+    page = (out / manifest["layers"][0]["slug"] / "index.html").read_text()
+    n = len(manifest["images"])
+    assert f"{n} of {n} picture(s) are degenerate" in page
+    assert page.count('<figure class="degenerate" title="degenerate: saturated') == n
     status, err = _cli(tmp_path / "fine", capsys)  # the same job at the default rate
     assert status == 0 and "degenerate" not in err
 

@@ -80,6 +80,8 @@ figcaption { margin-top: 2px; font-size: 11px; color: var(--muted); text-align: 
 .runs td, .runs th { padding: 1px 8px 1px 0; text-align: left; }
 .verdict { font-size: 11px; margin-top: 4px; }
 .verdict b { color: #1b7a34; } .verdict.not b { color: #c62828; }
+figure.degenerate img { opacity: 0.35; outline: 2px solid #c62828; }
+figure.degenerate figcaption b { color: #c62828; }
 """
 
 #: The layer page's views over its units: file, title, sort key, filter (over a unit's
@@ -279,6 +281,23 @@ def index_page(manifest: Mapping[str, Any]) -> str:
     return page(f"fvjax: {manifest['model']}", header, body)
 
 
+def _degenerate_attributes(image: Mapping[str, Any]) -> str:
+    """A picture marked degenerate in the manifest (:mod:`fvjax.checks.degenerate`) is struck
+    through on its tile, with the reason as its tooltip."""
+    reason = image.get("degenerate")
+    return f' class="degenerate" title="degenerate: {html.escape(reason)}"' if reason else ""
+
+
+def _degenerate_line(images: Sequence[Mapping[str, Any]]) -> str:
+    bad = sum("degenerate" in image for image in images)
+    if not bad:
+        return ""
+    return (
+        f'<p class="running">{bad} of {len(images)} picture(s) are degenerate (saturated, flat '
+        "or left where they started: struck through below); they show nothing of their unit.</p>"
+    )
+
+
 def layer_page(
     layer: Mapping[str, Any],
     images: Sequence[Mapping[str, Any]],
@@ -315,10 +334,10 @@ def layer_page(
         members = by_unit[unit]
         best = max(m["activation"] for m in members)
         figures = "".join(
-            f'<figure><img src="{_href(m["file"].removeprefix(prefix))}" width="{width}" '
-            f'height="{height}" loading="lazy" alt="unit {unit} seed {m["seed"]}">'
-            f"<figcaption>seed {m['seed']} &middot; {_number(m['activation'])}</figcaption>"
-            "</figure>"
+            f'<figure{_degenerate_attributes(m)}><img src="{_href(m["file"].removeprefix(prefix))}"'
+            f' width="{width}" height="{height}" loading="lazy" alt="unit {unit} seed {m["seed"]}">'
+            f"<figcaption>seed {m['seed']} &middot; {_number(m['activation'])}"
+            f"{'<b> degenerate</b>' if 'degenerate' in m else ''}</figcaption></figure>"
             for m in members
         )
         named = members[0].get("unit_name")
@@ -369,7 +388,7 @@ def layer_page(
         f"&middot; {width}x{height} px &middot; "
         f'<a href="{GRID}">grid.png</a></p>\n'
         "<p>Each caption is the objective's value on the final picture (higher is stronger).</p>"
-        f"{procedure_html(procedure, '../')}{views}"
+        f"{_degenerate_line(images)}{procedure_html(procedure, '../')}{views}"
     )
     if not tiles:
         body = f"<p>No unit in this view ({html.escape(view_title)}).</p>"

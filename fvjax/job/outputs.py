@@ -182,10 +182,13 @@ class RenderOutput:
         result: RenderResult,
         shape: Sequence[int] | None = None,
         unit_names: Sequence[str | None] | None = None,
+        degenerate: Sequence[str | None] | None = None,
     ) -> dict:
         """Write ``result``'s pictures and grid for ``layer``; refresh manifest and gallery.
 
-        ``unit_names``, one per row of ``result`` (``None`` where unnamed), label the units.
+        ``unit_names``, one per row of ``result`` (``None`` where unnamed), label the units;
+        ``degenerate``, one per picture (unit-major, ``None`` where fine), marks the pictures
+        that show nothing (:func:`fvjax.checks.degenerate.degenerate_pictures`).
 
         Returns the layer's manifest entry.
         """
@@ -207,6 +210,8 @@ class RenderOutput:
                 }
                 if unit_names is not None and unit_names[i] is not None:
                     entry["unit_name"] = unit_names[i]
+                if degenerate is not None and degenerate[len(entries)]:
+                    entry["degenerate"] = degenerate[len(entries)]
                 entries.append(entry)
         grid = grid_image(result.images)
         atomic_write(folder / GRID, png_bytes(grid))

@@ -81,8 +81,10 @@ def run(
                 checkpoint_every=config.checkpoint_every or None,
             )
             names = [plan.model.unit_name(layer, int(u)) for u in result.units]
-            out.add_layer(layer, result, plan.shapes[layer], names if any(names) else None)
-            _note_degenerate(out, result, stream)
+            degenerate = _degenerate(result, stream)
+            out.add_layer(
+                layer, result, plan.shapes[layer], names if any(names) else None, degenerate
+            )
     except NonFiniteError:
         _remove_checkpoints(plan)  # the same run would fail at the same step: nothing to resume
         raise
@@ -166,21 +168,22 @@ def _note_other_job(plan: JobPlan, previous: dict[str, Any] | None, stream: Text
         )
 
 
-def _note_degenerate(out: RenderOutput, result: Any, stream: TextIO) -> None:
-    """Mark the layer's pictures that show nothing in the manifest, and say so."""
+def _degenerate(result: Any, stream: TextIO) -> list[str | None]:
+    """Why each of the layer's pictures (unit-major) shows nothing, ``None`` where it is fine;
+    said on ``stream`` when any does."""
     flat = result.images.reshape(-1, *result.images.shape[2:])
     history = None if result.history is None else result.history.reshape(len(result.history), -1)
     reasons = degenerate_pictures(flat, history)
-    bad = [(e, r) for e, r in zip(out.images[-len(reasons) :], reasons, strict=True) if r]
-    for entry, reason in bad:
-        entry["degenerate"] = reason
+    where = [(int(u), int(s)) for u in result.units for s in result.seeds]
+    bad = [(w, r) for w, r in zip(where, reasons, strict=True) if r]
     if bad:
-        shown = "; ".join(f"unit {e['unit']} seed {e['seed']}: {r}" for e, r in bad[:3])
+        shown = "; ".join(f"unit {u} seed {s}: {r}" for (u, s), r in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         stream.write(
             f"fvjax: warning: {len(bad)} of {len(reasons)} pictures of {result.layer} are "
-            f"degenerate ({shown}{more}); marked 'degenerate' in the manifest\n"
+            f"degenerate ({shown}{more}); marked 'degenerate' in the manifest and gallery\n"
         )
+    return reasons
 
 
 def _stale_layers(previous: dict[str, Any] | None, out: RenderOutput) -> list[str]:
