@@ -115,7 +115,7 @@ def test_merge_names_what_is_missing_unfinished_or_foreign(tmp_path, sliced):
     manifest = json.loads(manifest_path.read_text())
     manifest["config"]["steps"] = 4
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(shards.ShardError, match="another job .*config keys differ: steps"):
+    with pytest.raises(shards.ShardError, match="another job .*config keys differ: steps: 3 -> 4"):
         shards.merge(copy)
     manifest["config"]["steps"], manifest["complete"] = 3, False
     manifest_path.write_text(json.dumps(manifest))
@@ -175,3 +175,20 @@ def test_two_distributed_processes_render_and_merge_the_job(tmp_path, whole):
     merged = json.loads((out / "manifest.json").read_text())
     assert merged["complete"] and len(merged["shards"]) == 2
     assert_same_pictures(out, whole)
+
+
+def test_merge_keeps_each_pictures_degenerate_mark(tmp_path, sliced):
+    copy = tmp_path / "copy"
+    shutil.copytree(sliced, copy)
+    manifest_path = copy / "shard-2-of-3" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    marked = manifest["images"][1]
+    marked["degenerate"] = "flat (planted by the test)"
+    manifest_path.write_text(json.dumps(manifest))
+    merged = shards.merge(copy)
+    found = [e for e in merged["images"] if "degenerate" in e]
+    assert [(e["unit"], e["seed"], e["degenerate"]) for e in found] == [
+        (marked["unit"], marked["seed"], "flat (planted by the test)")
+    ]
+    page = (copy / "block2" / "index.html").read_text()
+    assert f"1 of {len(merged['images'])} picture(s) are degenerate" in page

@@ -426,6 +426,29 @@ def identity(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     return with_roles(config, ("pictures",))
 
 
+def differences(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted key whose value differs between two resolved configs, ``key: old -> new``.
+
+    >>> differences({"steps": 4, "param": {"kind": "fourier"}}, {"steps": 8, "param": {}})
+    ['steps: 4 -> 8', 'param.kind: "fourier" -> (none)']
+    """
+
+    def show(value: Any) -> str:
+        return json.dumps(value, separators=(", ", ": "))
+
+    found = []
+    for key in [*before, *(k for k in after if k not in before)]:
+        name = f"{prefix}{key}"
+        if key not in after or key not in before:
+            old = show(before[key]) if key in before else "(none)"
+            found.append(f"{name}: {old} -> {show(after[key]) if key in after else '(none)'}")
+        elif isinstance(before[key], Mapping) and isinstance(after[key], Mapping):
+            found += differences(before[key], after[key], f"{name}.")
+        elif before[key] != after[key]:
+            found.append(f"{name}: {show(before[key])} -> {show(after[key])}")
+    return found
+
+
 def with_roles(config: Config | Mapping[str, Any], roles: Iterable[str]) -> dict[str, Any]:
     """The keys of ``config`` (or of its :func:`to_dict`) whose role is one of ``roles``
     (:data:`fvjax.job.keys.ROLES`): ``("pictures",)`` is :func:`identity`; ``("pictures",

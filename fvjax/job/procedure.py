@@ -114,29 +114,6 @@ def weights_sha256(params: Any) -> str:
     return digest.hexdigest()
 
 
-def differences(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Every dotted key whose value differs between two resolved configs, ``key: old -> new``.
-
-    >>> differences({"steps": 4, "param": {"kind": "fourier"}}, {"steps": 8, "param": {}})
-    ['steps: 4 -> 8', 'param.kind: "fourier" -> (none)']
-    """
-
-    def show(value: Any) -> str:
-        return json.dumps(value, separators=(", ", ": "))
-
-    found = []
-    for key in [*before, *(k for k in after if k not in before)]:
-        name = f"{prefix}{key}"
-        if key not in after or key not in before:
-            old = show(before[key]) if key in before else "(none)"
-            found.append(f"{name}: {old} -> {show(after[key]) if key in after else '(none)'}")
-        elif isinstance(before[key], Mapping) and isinstance(after[key], Mapping):
-            found += differences(before[key], after[key], f"{name}.")
-        elif before[key] != after[key]:
-            found.append(f"{name}: {show(before[key])} -> {show(after[key])}")
-    return found
-
-
 def thresholds(config: config_lib.Config) -> dict[str, float | int | None]:
     """What decides each unit's verdict (:func:`unit_verdict`): the config's ``[checks]``
     thresholds, and the path check's own constants (``None`` where that check does not run).
@@ -269,12 +246,12 @@ def registered_config(
     registered = config_lib.from_dict(body["config"])
     resolved = config_lib.to_dict(registered)
     if resolved != body["config"]:
-        changed = "; ".join(differences(body["config"], resolved))
+        changed = "; ".join(config_lib.differences(body["config"], resolved))
         raise ProcedureError(
             f"the config of {registration.path} resolves otherwise in this fvjax ({changed})"
         )
     asked = config_lib.from_dict(body["config"] if data is None else data, overrides)
-    changed = differences(resolved, config_lib.to_dict(asked))
+    changed = config_lib.differences(resolved, config_lib.to_dict(asked))
     if changed:
         raise ProcedureError(
             f"a registered run takes its procedure unchanged; this one differs from "
@@ -289,15 +266,19 @@ def _confirm(
     """Refuse a run that is not the registered procedure, naming every difference."""
     body, problems = registration.body, []
     if config_lib.sha256(config) != body["config_sha256"]:
-        problems += differences(body["config"], config_lib.to_dict(config)) or ["config hash"]
+        problems += config_lib.differences(body["config"], config_lib.to_dict(config)) or [
+            "config hash"
+        ]
     if weights != body["weights_sha256"]:
         which = config.weights or "the model's own"
         problems.append(
             f"weights: registered {body['weights_sha256'][:16]}..., these ({which}) "
             f"{weights[:16]}..."
         )
-    problems += differences({"units": body["units"]}, {"units": units})
-    problems += differences({"thresholds": body["thresholds"]}, {"thresholds": thresholds(config)})
+    problems += config_lib.differences({"units": body["units"]}, {"units": units})
+    problems += config_lib.differences(
+        {"thresholds": body["thresholds"]}, {"thresholds": thresholds(config)}
+    )
     if problems:
         raise ProcedureError(
             f"this run is not the procedure registered in {registration.path}: "
@@ -364,7 +345,7 @@ def _entry(config, command, kind, weights, units, entries, manifest=None) -> dic
         "weights_sha256": weights,
         "units": units,
         "seeds": config.seeds,
-        "differences": differences(entries[-1]["config"], data) if entries else None,
+        "differences": config_lib.differences(entries[-1]["config"], data) if entries else None,
         "replaces": replaces,
         "config": data,
     }
@@ -447,7 +428,7 @@ def _label(entries, entry, number, registration) -> dict[str, Any]:
             registration=REGISTRATION,
             registration_sha256=registration.sha256,
             thresholds=body["thresholds"],
-            versions_differ=differences(body["versions"], versions()),
+            versions_differ=config_lib.differences(body["versions"], versions()),
         )
     return label
 
@@ -512,7 +493,7 @@ def verdicts(checks: Mapping[str, Any], registration: Registration) -> dict[str,
     """``{layer: {unit: verdict}}`` over a manifest's ``checks`` section, from the registered
     thresholds; the checks must have run with the registered settings."""
     body = registration.body
-    changed = differences(body["config"]["checks"], checks["settings"], "checks.")
+    changed = config_lib.differences(body["config"]["checks"], checks["settings"], "checks.")
     if changed:
         raise ProcedureError(
             f"the checks ran with other settings than registered: {'; '.join(changed)}"

@@ -29,10 +29,10 @@ import numpy as np
 from jax._src import distributed
 from jax.experimental import multihost_utils
 
-from fvjax.data.images import read_rgb
+from fvjax.data.images import read_picture
 from fvjax.errors import ShardError
 from fvjax.files import atomic_write, data_sha256
-from fvjax.job.config import identity
+from fvjax.job.config import differences, identity
 from fvjax.job.gallery import REGISTRATION
 from fvjax.job.keys import parse_shard
 from fvjax.job.outputs import RenderOutput, read_manifest
@@ -128,12 +128,11 @@ def merge(path: str | Path) -> dict[str, Any]:
     shards = _shards(path)
     first = shards[0][1]
     for directory, manifest in shards[1:]:
-        theirs, ours = identity(manifest["config"]), identity(first["config"])
-        if theirs != ours:
-            keys = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        changed = differences(identity(first["config"]), identity(manifest["config"]))
+        if changed:
             raise ShardError(
                 f"{directory} rendered another job than {shards[0][0].name} "
-                f"(config keys differ: {', '.join(keys)})"
+                f"(config keys differ: {'; '.join(changed)})"
             )
     config = dict(first["config"], shard="auto")
     sha = data_sha256(config)
@@ -160,15 +159,16 @@ def merge(path: str | Path) -> dict[str, Any]:
     for _, manifest in shards:
         layers += [entry["layer"] for entry in manifest["layers"] if entry["layer"] not in layers]
     for layer in layers:
-        result, shape, names = _merged_layer(layer, shards)
-        out.add_layer(layer, result, shape, names if any(names) else None)
+        result, shape, names, degenerate = _merged_layer(layer, shards)
+        out.add_layer(layer, result, shape, names if any(names) else None, degenerate)
     return out.finish()
 
 
 def _merged_layer(
     layer: str, shards: list[tuple[Path, dict[str, Any]]]
-) -> tuple[RenderResult, list[int], list[str | None]]:
-    """One layer's pictures from every shard, back in the one-process order of units."""
+) -> tuple[RenderResult, list[int], list[str | None], list[str | None]]:
+    """One layer's pictures from every shard, back in the one-process order of units, with
+    the units' names and each picture's ``degenerate`` mark (unit-major)."""
     count = len(shards)
     rows = []  # (position in the job, unit, {seed: image entry}, shard directory)
     entry = None
@@ -184,7 +184,7 @@ def _merged_layer(
     seeds = entry["seeds"]
     pictures = np.stack(
         [
-            np.stack([read_rgb(d / images[unit, seed]["file"]) for seed in seeds])
+            np.stack([read_picture(d / images[unit, seed]["file"]) for seed in seeds])
             for _, unit, d, images in rows
         ]
     )
@@ -193,6 +193,7 @@ def _merged_layer(
         np.float32,
     )
     names = [images[unit, seeds[0]].get("unit_name") for _, unit, _, images in rows]
+    marks = [images[unit, seed].get("degenerate") for _, unit, _, images in rows for seed in seeds]
     seconds = [e["seconds"] for _, m in shards for e in m["layers"] if e["layer"] == layer]
     firsts = [
         e["first_call_seconds"] for _, m in shards for e in m["layers"] if e["layer"] == layer
@@ -208,4 +209,4 @@ def _merged_layer(
         seconds=max(seconds),  # the shards ran side by side
         first_call_seconds=max(firsts),
     )
-    return result, entry["shape"], names
+    return result, entry["shape"], names, marks
