@@ -1,12 +1,18 @@
-"""The field's methods against the default step: redirected ReLU gradients, MACO and the
-Laplacian pyramid.
+"""The field's methods against the default step: redirected ReLU gradients, MACO, the
+Laplacian pyramid and a CPPN.
 
 In one run, interleaved, at the same layer, size and batch: steady-state image-steps/s of
 ``render`` with the default procedure (Fourier + standard transforms + adam), with
 ``redirect_relu=-1`` (every ReLU redirected at every step: one program serves the redirected
 and the real steps, so a step costs the same whichever it is), with MACO's parameterization
 behind the standard transforms, with MACO's parameterization and its own crops and noise, and
-with a 4-level Laplacian pyramid behind the standard transforms.
+with a 4-level Laplacian pyramid behind the standard transforms, with a CPPN (Lucid's 8
+layers of 24 channels, one network per picture) behind the standard transforms, and with RGBA
+Fourier
+pictures each composited over its own random background before the standard transforms
+(the objective unchanged: the opacity term is one mean over the picture).
+Feature accentuation (:func:`accentuation`) brings its own objective, the channel less a
+distance to each image's map at the layer, and start pictures, behind MACO's crops and noise.
 Each variant's first call (trace and compile) is timed apart, and XLA's static flop count per
 image-step (:func:`fvjax.rendering.cost.lower_step`), which does not depend on a noisy machine.
 Prints a table and appends it to ``benchmarks/RESULTS.md`` (not with ``--no-record``).
@@ -19,12 +25,14 @@ from __future__ import annotations
 
 import time
 
-from fvjax import maco
+import numpy as np
+
+from fvjax import alpha, cppn, maco, world
 from fvjax import param as P
 from fvjax import transforms as T
 from fvjax.benchmarking import channel_objective, load_model, parse_args, record
 from fvjax.benchmarking import parser as benchmark_parser
-from fvjax.rendering import cost
+from fvjax.rendering import cost, inversion
 from fvjax.rendering.engine import render
 
 
@@ -37,7 +45,30 @@ def variants(args) -> dict[str, dict]:
         "maco param": dict(transforms=standard, param=maco.param()),
         "maco param + crops": dict(transforms=maco.transforms(), param=maco.param()),
         "laplacian(4) param": dict(transforms=standard, param=P.laplacian(levels=4)),
+        "cppn param": dict(transforms=standard, param=cppn.cppn()),
+        "alpha (fourier)": dict(
+            transforms=T.compose(alpha.background(), standard), param=alpha.param()
+        ),
     }
+
+
+def accentuation(model, objective, args) -> dict:
+    """Feature accentuation's variant: the ``batch`` members as (unit, image) pairs of
+    ``batch // 4`` units in 4 world images (seed 1), each begun at its image and held near it
+    at the layer, behind MACO's crops and noise: its own objective and start pictures."""
+    n_images = 4 if args.batch % 4 == 0 else 1
+    images = world.generate(seed=1, n=n_images, size=args.size).images
+    units = objective.take(np.arange(args.batch // n_images))
+    paired, starts = inversion.accentuation(model, units, images)
+    return dict(objective=paired, starts=starts, transforms=maco.transforms())
+
+
+def split(kwargs: dict, objective) -> tuple:
+    """``(objective, render's settings, the step's settings)`` of a variant, which may bring
+    its own objective and start pictures (the step never sees the starts)."""
+    settings = {k: v for k, v in kwargs.items() if k != "objective"}
+    step = {k: v for k, v in settings.items() if k != "starts"}
+    return kwargs.get("objective", objective), settings, step
 
 
 def main() -> None:
@@ -45,17 +76,20 @@ def main() -> None:
     model = load_model(args.model)
     objective = channel_objective(model, args.layer, args.batch, args.size)
     settings = variants(args)
+    settings["accentuation"] = accentuation(model, objective, args)
     common = dict(seeds=1, steps=args.steps, size=args.size, progress=False)
     first, flops = {}, {}
     for name, kwargs in settings.items():
-        lowered = cost.lower_step(model, objective, size=args.size, **kwargs)
+        own, kwargs, step = split(kwargs, objective)
+        lowered = cost.lower_step(model, own, size=args.size, **step)
         flops[name] = float(lowered.cost_analysis()["flops"]) / args.batch
-        first[name] = render(model, objective, **common, **kwargs).first_call_seconds
+        first[name] = render(model, own, **common, **kwargs).first_call_seconds
     best = dict.fromkeys(settings, 0.0)
     for _ in range(args.rounds):
         for name, kwargs in settings.items():
+            own, kwargs, _ = split(kwargs, objective)
             start = time.perf_counter()
-            render(model, objective, **common, **kwargs)
+            render(model, own, **common, **kwargs)
             rate = args.batch * args.steps / (time.perf_counter() - start)
             best[name] = max(best[name], rate)
     base, base_flops = best["default"], flops["default"]
@@ -79,7 +113,7 @@ def main() -> None:
             ),
         ]
     )
-    record(args, "Redirected ReLU, MACO and the Laplacian pyramid against the default step", text)
+    record(args, "Redirected ReLU, MACO, Laplacian pyramid, CPPN against the default step", text)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from fvjax.errors import (
 )
 from fvjax.files import FVJAX_VERSION as __version__
 from fvjax.models import Model, from_fn, from_linen, from_nnx, zoo
-from fvjax.rendering import maco, objectives, param, transforms
+from fvjax.rendering import alpha, cppn, inversion, maco, objectives, param, transforms
 from fvjax.rendering.engine import RenderResult, render, render_layer
 from fvjax.rendering.seeds import Diversity, Guide
 
@@ -46,12 +46,15 @@ __all__ = [
     "UnitRangeError",
     "UnknownLayerError",
     "__version__",
+    "alpha",
     "checks",
+    "cppn",
     "data",
     "errors",
     "from_fn",
     "from_linen",
     "from_nnx",
+    "inversion",
     "job",
     "maco",
     "models",

@@ -1,5 +1,6 @@
-"""Make the README's pictures of redirected ReLU gradients, MACO and the Laplacian pyramid
-(deterministic: the same bits on one backend; about 60 s on our 2-core CPU).
+"""Make the README's pictures of redirected ReLU gradients, MACO, the Laplacian pyramid, CPPN
+and transparent pictures (deterministic: the same bits on one backend; about 90 s on our
+2-core CPU, and 15-23 s more for ``cppn.png``).
 
     python scripts/method_pictures.py [--out docs]
 
@@ -12,6 +13,14 @@
   noise).
 - ``laplacian.png``: the same units and settings, bottom row a 4-level Laplacian pyramid
   (``param.laplacian()``) behind the same transforms.
+- ``cppn.png``: the same units and settings, bottom row CPPN pictures (``cppn.cppn()``, one
+  network per picture) behind the same transforms.
+- ``alpha.png``: the same units and settings; top row the default, then RGBA pictures
+  (``alpha.param()``, each over its own random background, ``standard(0.5)`` after) priced at
+  ``OPACITY_WEIGHTS`` of mean alpha, each over a checkerboard, and under it its alpha map.
+- ``inversion.png``: 4 world images (seed 1, 64 px), then their inversions and caricatures at
+  worldnet's ``block3/conv``, and ``block3/conv`` unit 5 accentuated in each (256 steps, each
+  method's defaults: :mod:`fvjax.rendering.inversion`).
 """
 
 from __future__ import annotations
@@ -25,8 +34,11 @@ import fvjax
 from fvjax import objectives as O
 from fvjax.data.images import png_bytes
 from fvjax.models.zoo import planted
+from fvjax.rendering import inversion
 
 ANGLES = tuple(np.arange(8) * 22.5)
+#: The prices of mean opacity in ``alpha.png`` (block3/conv activations run 20-54).
+OPACITY_WEIGHTS = (5.0, 10.0)
 
 
 def _grid(rows: list[np.ndarray], scale: int, gap: int = 2) -> np.ndarray:
@@ -73,6 +85,68 @@ def maco_picture(other: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     return _grid(rows, scale=2), np.stack(values)
 
 
+def cppn_picture() -> tuple[np.ndarray, np.ndarray]:
+    """The picture and ``(2, 4)`` final activations, default then CPPN (Lucid's 8 layers of
+    24 channels at ``adam(0.05)``, which its ``scale`` makes Lucid's slower rate)."""
+    return maco_picture(dict(param=fvjax.cppn.cppn(), transforms=fvjax.transforms.standard(0.5)))
+
+
+def checkerboard(height: int, width: int, tile: int = 8) -> np.ndarray:
+    """``(H, W, 3)`` light and mid grey squares, what transparent pictures are shown over."""
+    ys, xs = np.mgrid[:height, :width]
+    return np.where((ys // tile + xs // tile) % 2 == 0, 0.95, 0.6)[..., None].repeat(3, -1)
+
+
+def alpha_picture() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The picture, ``(1 + len(OPACITY_WEIGHTS), 4)`` final activations (over grey; the
+    default's first) and ``(len(OPACITY_WEIGHTS), 4)`` mean alphas."""
+    model = fvjax.zoo.load("worldnet")
+    channel = O.channel("block3/conv", [1, 5, 8, 9])
+    common = dict(steps=256, size=64, progress=False)
+    default = fvjax.render(model, channel, transforms=fvjax.transforms.standard(0.5), **common)
+    rows, values, alphas = [default.images[:, 0]], [default.activations[:, 0]], []
+    board = checkerboard(64, 64)
+    transforms = fvjax.transforms.compose(fvjax.alpha.background(), fvjax.transforms.standard(0.5))
+    for weight in OPACITY_WEIGHTS:
+        result = fvjax.render(
+            model, channel - weight * fvjax.alpha.opacity(), param=fvjax.alpha.param(),
+            transforms=transforms, **common,
+        )  # fmt: skip
+        pictures = result.images[:, 0]
+        rows += [fvjax.alpha.over_background(pictures, board), pictures[..., 3:].repeat(3, -1)]
+        values.append(result.activations[:, 0])
+        alphas.append(pictures[..., 3].mean((1, 2)))
+    return _grid(rows, scale=2), np.stack(values), np.stack(alphas)
+
+
+#: The unit accentuated in ``inversion.png``: worldnet ``block3/conv`` unit 5 (diagonal strokes).
+ACCENTUATED = 5
+
+
+def inversion_picture() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The picture and its figures: 4 world images (seed 1, 64 px), then their inversions and
+    caricatures at worldnet's ``block3/conv`` and the accentuations of :data:`ACCENTUATED`
+    in them, 256 steps each, every method's defaults."""
+    model, layer = fvjax.zoo.load("worldnet"), "block3/conv"
+    images = fvjax.world.generate(seed=1, n=4, size=64).images
+    inverted = inversion.invert(model, images, layer, steps=256)
+    drawn = inversion.caricature(model, images, layer, steps=256)
+    raised = inversion.accentuate(model, images, layer, [ACCENTUATED], steps=256)
+    rows = [images, inverted.images[:, 0], drawn.images[:, 0], raised.images[0]]
+    figures = {
+        "inversion: relative error": inverted.error[:, 0],
+        "caricature: cosine": drawn.cosine[:, 0],
+        "caricature: times as far": drawn.scale[:, 0],
+        f"unit {ACCENTUATED} in the image": raised.natural[0],
+        f"unit {ACCENTUATED} accentuated": raised.activations[0],
+        "accentuation: relative distance": raised.distance[0],
+        "seconds (invert, caricature, accentuate)": np.array(
+            [inverted.render.seconds, drawn.render.seconds, raised.render.seconds]
+        ),
+    }
+    return _grid(rows, scale=2), figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs", help="folder for the PNGs (default docs)")
@@ -92,6 +166,21 @@ def main() -> None:
     (out / "laplacian.png").write_bytes(png_bytes(picture))
     print("block3/conv units 1, 5, 8, 9, default / Laplacian pyramid:")
     print(np.round(values, 2))
+    picture, values = cppn_picture()
+    (out / "cppn.png").write_bytes(png_bytes(picture))
+    print("block3/conv units 1, 5, 8, 9, default / CPPN:")
+    print(np.round(values, 2))
+    picture, values, alphas = alpha_picture()
+    (out / "alpha.png").write_bytes(png_bytes(picture))
+    print(f"block3/conv units 1, 5, 8, 9, default / alpha at opacity {OPACITY_WEIGHTS}:")
+    print(np.round(values, 2))
+    print("mean alpha:")
+    print(np.round(alphas, 3))
+
+    picture, figures = inversion_picture()
+    (out / "inversion.png").write_bytes(png_bytes(picture))
+    for name, values in figures.items():
+        print(f"{name}: {np.round(values, 3).tolist()}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ CSS = """
 .fv-card img{image-rendering:pixelated;border:1px solid #ccc;background:#eee;height:auto;
 display:inline-block;margin-right:2px}
 .fv-card img.picture{width:224px}.fv-card img.crop{width:96px}
+.fv-card img.picture{background:repeating-conic-gradient(#d9d9d9 0 25%,#f7f7f7 0 50%) 0 0/12px 12px}
 .fv-card figure{flex:none;min-width:0}
 .fv-card .flag{background:#c62828;color:#fff;border-radius:3px;padding:1px 6px;margin-left:6px;
 font-size:12px}.fv-card .ok{background:#2e7d32}

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fvjax.rendering.alpha import GREY, over_background
+
 #: A picture is saturated when at least this share of its values lie at 0 or 1 (within one
 #: 8-bit level); a render at a sane learning rate keeps well under it (the default job at 64
 #: steps: at most 0.45% of a picture's values, median 0; at ``learning_rate=1e30``: 100%).
@@ -30,9 +32,10 @@ def degenerate_pictures(images: np.ndarray, history: np.ndarray | None = None) -
     """For each picture of ``images (N, H, W, 3)`` in [0, 1], what makes it useless, or
     ``None``: most values at 0 or 1 (:data:`SATURATED_SHARE`), flat (every value within
     :data:`LEVEL` of the mean), or, given ``history (steps, N)`` (the objective at each step),
-    an objective that ended no higher than it started.
+    an objective that ended no higher than it started. RGBA pictures ``(N, H, W, 4)`` are
+    judged composited over grey, as the model saw them: one gone transparent is flat.
     """
-    images = np.asarray(images, np.float32)
+    images = np.asarray(over_background(np.asarray(images, np.float32), GREY), np.float32)
     flat = images.reshape(len(images), -1)
     at_bound = ((flat <= LEVEL) | (flat >= 1.0 - LEVEL)).mean(1)
     spread = np.abs(flat - flat.mean(1, keepdims=True)).max(1)

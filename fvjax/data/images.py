@@ -97,6 +97,23 @@ def read_rgb(path: str | Path) -> np.ndarray:
         return rgb_array(image)
 
 
+def read_picture(path: str | Path) -> np.ndarray:
+    """A picture file as it is: ``(h, w, 4)`` RGBA float32 in [0, 1] when the file has an
+    alpha channel (a transparent picture, as ``param.alpha`` jobs write), else ``(h, w, 3)``
+    as :func:`read_rgb` reads it.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "a.png"
+    >>> Image.new("RGBA", (3, 2), (255, 0, 0, 51)).save(path)
+    >>> read_picture(path)[0, 0].tolist()
+    [1.0, 0.0, 0.0, 0.20000000298023224]
+    """
+    with Image.open(path) as image:
+        if image.mode in ("RGBA", "LA"):
+            return np.asarray(image.convert("RGBA"), np.float32) / 255
+        return rgb_array(image)
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Float pictures in [0, 1] to ``uint8`` (rounded, clipped).
 
@@ -107,11 +124,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """PNG encoding of an ``(H, W, 3)`` picture (float in [0, 1] or ``uint8``)."""
+    """PNG encoding of an ``(H, W, 3)`` picture, or an ``(H, W, 4)`` RGBA one (float in
+    [0, 1] or ``uint8``)."""
     image = np.asarray(image)
     pixels = image if image.dtype == np.uint8 else to_uint8(image)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+    Image.fromarray(pixels, "RGBA" if pixels.shape[-1] == 4 else "RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -32,6 +32,8 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
+from fvjax.checks import atlas as atlas_lib
+from fvjax.checks.atlas_page import atlas_html, cell_examples
 from fvjax.checks.card import svg_bars, unit_card_html
 from fvjax.checks.dissection import detectors_by_category, label_units
 from fvjax.checks.evidence import UnitEvidence, UnitFacets, unit_evidence
@@ -40,23 +42,30 @@ from fvjax.checks.paths import check_paths, path_layers
 from fvjax.checks.scan import dataset_pass, forward_maps
 from fvjax.data.broden import load_broden
 from fvjax.data.datasets import Dataset, folder_dataset, world_dataset
-from fvjax.data.images import as_size, png_bytes, read_rgb
+from fvjax.data.images import as_size, png_bytes, read_picture
 from fvjax.errors import ConceptDatasetError, ConfigError
 from fvjax.files import atomic_write
 from fvjax.job import config as config_lib
 from fvjax.job import gallery, procedure
 from fvjax.job.outputs import HISTORY, read_manifest, write_manifest
-from fvjax.job.plan import build_model, build_plan, render_settings
+from fvjax.job.plan import build_model, build_plan, layer_objective, render_settings
 from fvjax.models.adapters import Model
 from fvjax.progress import Progress
+from fvjax.rendering import alpha
 from fvjax.rendering.engine import RenderPlan, plan_render, run_plan
-from fvjax.rendering.objectives import LAYER_OBJECTIVES
 from fvjax.rendering.seeds import Guide
 
 #: The per-image score that matches each layer objective (what the pictures' values are).
 SCORE_OF_OBJECTIVE = {"channel": "mean", "neuron": "center"}
 UNITS = "units"
 CONCEPTS_SVG = "concepts.svg"
+#: A layer's activation atlas: ``atlas.png``, ``atlas.html`` and its images in ``atlas/``.
+ATLAS = "atlas"
+#: What a card of an alpha job says of its pictures (the model never sees RGBA).
+ALPHA_NOTE = (
+    "<p>These pictures are RGBA (<code>param.alpha</code>): the checks read each one "
+    f"composited over mid-grey ({alpha.GREY:g}), as the render's final values are.</p>"
+)
 
 
 def build_dataset(config: config_lib.Config) -> Dataset:
@@ -106,7 +115,8 @@ def _read_render(config: config_lib.Config) -> tuple[Path, dict[str, Any]]:
 
 
 def _pictures(out: Path, entry: dict, images: list[dict]) -> tuple[np.ndarray, ...]:
-    """``(U, S, H, W, 3)`` pictures read back, ``(U, S)`` activations, and the history."""
+    """``(U, S, H, W, 3)`` pictures read back (RGBA ones composited over grey, what the
+    model saw for their values), ``(U, S)`` activations, and the history."""
     units, seeds = entry["units"], entry["seeds"]
     where = {(image["unit"], image["seed"]): image for image in images}
     pictures = np.zeros((len(units), len(seeds), *entry["image_size"], 3), np.float32)
@@ -114,7 +124,7 @@ def _pictures(out: Path, entry: dict, images: list[dict]) -> tuple[np.ndarray, .
     for i, unit in enumerate(units):
         for j, seed in enumerate(seeds):
             image = where[(unit, seed)]
-            pictures[i, j] = read_rgb(out / image["file"])
+            pictures[i, j] = alpha.over_background(read_picture(out / image["file"]), alpha.GREY)
             values[i, j] = image["activation"]
     history_file = out / entry["slug"] / HISTORY
     history = np.load(history_file) if history_file.exists() else None
@@ -126,7 +136,7 @@ def plain_config(config: config_lib.Config) -> config_lib.Config:
     same steps, seeds, size and optimizer (what the price of the priors compares with)."""
     return dataclasses.replace(
         config,
-        param=dataclasses.replace(config.param, kind="pixel", decorrelate=False),
+        param=dataclasses.replace(config.param, kind="pixel", decorrelate=False, alpha=False),
         transforms=dataclasses.replace(config.transforms, preset="none"),
         shard="0/1",
         checkpoint=False,
@@ -147,8 +157,9 @@ def _plain(config: config_lib.Config, layers: list[str], stream: TextIO) -> dict
 
 
 def _vectors(pictures: np.ndarray, model: Model, layer: str, batch_size: int) -> np.ndarray:
-    """``(U, S, C)``: each picture's ``layer`` map, its mean over positions."""
-    flat = pictures.reshape(-1, *pictures.shape[2:])
+    """``(U, S, C)``: each picture's ``layer`` map, its mean over positions (RGBA pictures
+    composited over grey)."""
+    flat = alpha.over_background(pictures, alpha.GREY).reshape(-1, *pictures.shape[2:4], 3)
     rows = []
     for start in range(0, len(flat), batch_size):
         batch = flat[start : start + batch_size]
@@ -187,7 +198,7 @@ def _guided(
     means = np.take_along_axis(found.mean_images, which[..., None, None, None], 1)
     if means.shape[2:4] != size:
         means = np.asarray(jax.image.resize(means, (*means.shape[:2], *size, 3), "linear"))
-    objective = LAYER_OBJECTIVES[config.objective](layer, found.units.tolist())
+    objective = layer_objective(config, layer, found.units.tolist())
     guide = Guide(found.feature_layer, 1.0)
     return plan_render(
         model,
@@ -252,7 +263,11 @@ def _facets(config, model, dataset, stats, entry, pictures, values, stream) -> l
 
 
 def _card_page(
-    evidence: UnitEvidence, body: str, neighbours: tuple[int | None, int | None], label: dict
+    evidence: UnitEvidence,
+    body: str,
+    neighbours: tuple[int | None, int | None],
+    label: dict,
+    note: str = "",
 ) -> str:
     """A unit's card page; ``label``: the manifest's ``procedure`` (what the run was, and the
     unit's verdict under a registration)."""
@@ -263,11 +278,18 @@ def _card_page(
     nav = " &middot; ".join(links)
     verdict = label.get("verdicts", {}).get(evidence.layer, {}).get(str(evidence.unit))
     header = f"<p>{nav}</p>{gallery.procedure_html(label, '../../')}{gallery.verdict_html(verdict)}"
+    header += note
     return gallery.page(f"{evidence.layer} unit {evidence.unit}", header, body)
 
 
 def _write_cards(
-    out: Path, entry: dict, evidence: list[UnitEvidence], history, config_hash: str, label: dict
+    out: Path,
+    entry: dict,
+    evidence: list[UnitEvidence],
+    history,
+    config_hash: str,
+    label: dict,
+    note: str = "",
 ) -> None:
     folder = out / entry["slug"] / UNITS
 
@@ -281,7 +303,80 @@ def _write_cards(
         curve = None if history is None else history[:, i]
         body = unit_card_html(e, source, own, curve, config_hash)
         neighbours = (units[i - 1] if i else None, units[i + 1] if i + 1 < len(units) else None)
-        atomic_write(folder / f"unit{e.unit:04d}.html", _card_page(e, body, neighbours, label))
+        page = _card_page(e, body, neighbours, label, note)
+        atomic_write(folder / f"unit{e.unit:04d}.html", page)
+
+
+def _atlas(config, model, dataset, layer: str, stream: TextIO) -> atlas_lib.Atlas:
+    """The ``[atlas]`` of ``layer`` over the checks' dataset, its cells rendered as the job's
+    pictures are (``atlas.steps`` steps), opaque: Lucid's atlas icons have no alpha."""
+    a = config.atlas
+    opaque = dataclasses.replace(config.param, alpha=False)
+    settings = render_settings(
+        dataclasses.replace(config, param=opaque, steps=a.steps or config.steps)
+    )
+    del settings["seeds"]  # one picture per cell, from atlas.seed
+    cells = a.grid * a.grid  # at most: every cell kept
+    chunks = -(-cells // (config.batch_size or cells))
+    bar = Progress(settings["steps"] * chunks, label=f"checks: atlas of {layer}", stream=stream,
+                   enabled=config.progress)  # fmt: skip
+    found = atlas_lib.activation_atlas(
+        model, dataset, layer, points=a.points, grid=a.grid, min_points=a.min_points,
+        perplexity=a.perplexity, seed=a.seed, dataset_batch_size=config.checks.batch_size,
+        progress=bar, **settings,
+    )  # fmt: skip
+    bar.close()
+    return found
+
+
+def _write_atlas(out: Path, entry: dict, found: atlas_lib.Atlas, examples, label: dict) -> None:
+    folder = out / entry["slug"]
+
+    def source(name: str, image: np.ndarray) -> str:
+        atomic_write(folder / ATLAS / name, png_bytes(image))
+        return f"{ATLAS}/{name}"
+
+    atomic_write(folder / f"{ATLAS}.png", png_bytes(found.image))
+    links = (
+        f'<a href="{gallery.INDEX}">&larr; {entry["layer"]}</a> &middot; '
+        f'<a href="../{gallery.INDEX}">all layers</a> &middot; <a href="{ATLAS}.png">atlas.png</a>'
+    )
+    header = (
+        f"<p>{links}</p><h1>Activation atlas of {entry['layer']}</h1>"
+        f"{gallery.procedure_html(label, '../')}"
+    )
+    body = atlas_html(found, source, examples)
+    atomic_write(folder / f"{ATLAS}.html", gallery.page(f"{entry['layer']} atlas", header, body))
+
+
+def _atlas_summary(found: atlas_lib.Atlas, slug: str, examples) -> dict[str, Any]:
+    """What the manifest records of an atlas: its files, settings, figures and cells."""
+    k = len(found.cells)
+    return {
+        "image": f"{slug}/{ATLAS}.png",
+        "page": f"{slug}/{ATLAS}.html",
+        "points": len(found.cell),
+        "images": len(np.unique(found.samples.image)),
+        "grid": found.grid,
+        "min_points": found.min_points,
+        "cells": k,
+        "agreement": round(found.agreement, 4),
+        "cosine_median": round(float(np.median(found.cosine)), 4),
+        "kl": round(found.kl, 4),
+        "perplexity": round(found.perplexity, 3),
+        "seconds": found.seconds,
+        "cell": [
+            {
+                "row": int(cell) // found.grid,
+                "col": int(cell) % found.grid,
+                "count": int(found.counts.flat[cell]),
+                "value": round(float(found.values[i]), 4),
+                "nearest": int(found.cells[found.nearest[i]]),
+                "images": [int(j) for j in examples[i][1]],
+            }
+            for i, cell in enumerate(found.cells)
+        ],
+    }
 
 
 def check(
@@ -298,6 +393,11 @@ def check(
     stream = stream if stream is not None else sys.stderr
     start = time.perf_counter()
     c = config.checks
+    if config.objective not in SCORE_OF_OBJECTIVE:  # accentuate: its pictures begin as images
+        raise ConfigError(
+            f"the checks hold pictures from random starts against natural examples; objective "
+            f"{config.objective!r} has none: check a plain render of these units"
+        )
     out, manifest = _read_render(config)
     entries = _layers(config, manifest)
     model: Model = build_model(config)
@@ -328,7 +428,7 @@ def check(
         "settings": config_lib.to_dict(config)["checks"],
         "layers": {},
     }
-    cards = []
+    cards, atlases = [], []
     for entry in entries:
         layer = entry["layer"]
         images = [image for image in manifest["images"] if image["layer"] == layer]
@@ -363,14 +463,22 @@ def check(
                 out / entry["slug"] / CONCEPTS_SVG,
                 svg_bars(counts, title=f"{layer}: units detecting a concept, by category"),
             )
+        if config.atlas.enabled:
+            found = _atlas(config, model, dataset, layer, stream)
+            examples = cell_examples(model, dataset, found)
+            atlases.append((entry, found, examples))
+            summary["atlas"] = _atlas_summary(found, entry["slug"], examples)
         section["layers"][layer] = summary
     section["seconds"] = round(time.perf_counter() - start, 3)
     manifest["checks"] = section
     manifest["procedure"] = procedure.checked(record.label, section, registration)
     for entry, evidence, history in cards:
         _write_cards(
-            out, entry, evidence, history, manifest["config_sha256"], manifest["procedure"]
-        )
+            out, entry, evidence, history, manifest["config_sha256"], manifest["procedure"],
+            ALPHA_NOTE if config.param.alpha else "",
+        )  # fmt: skip
+    for entry, found, examples in atlases:
+        _write_atlas(out, entry, found, examples, manifest["procedure"])
     write_manifest(out, manifest)
     gallery.write_pages(out, manifest)
     if own:

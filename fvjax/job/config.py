@@ -1,8 +1,9 @@
 """Render-job configs: typed, frozen, loaded from TOML, Python or YAML, with overrides.
 
 A job is a :class:`Config`; its sections are :class:`ParamConfig`, :class:`TransformsConfig`,
-:class:`OptimizerConfig`, :class:`DiversityConfig`, :class:`ChecksConfig` and
-:class:`FacetsConfig`. Every key has a default, so a file names only what it changes::
+:class:`OptimizerConfig`, :class:`DiversityConfig`, :class:`NaturalConfig`,
+:class:`ChecksConfig`, :class:`FacetsConfig` and :class:`AtlasConfig`. Every key has a default,
+so a file names only what it changes::
 
     model = "tiny"                 # a built-in model, or "package.module:factory"
     layers = ["block2", "block3"]
@@ -50,8 +51,11 @@ from fvjax.rendering.objectives import LAYER_OBJECTIVES
 from fvjax.rendering.param import OUTPUTS
 from fvjax.rendering.step import MODEL_DTYPES, REMAT
 
-PARAMS = ("fourier", "pixel", "maco", "laplacian")
+PARAMS = ("fourier", "pixel", "maco", "laplacian", "cppn")
 PRESETS = ("standard", "none", "maco")
+#: A layer's objective: one of the engine's per-unit objectives, or ``"accentuate"`` (each unit
+#: raised in natural images, :mod:`fvjax.rendering.inversion`).
+OBJECTIVES = (*LAYER_OBJECTIVES, "accentuate")
 #: ``optax`` optimizers that take the learning rate as their first argument and keep
 #: per-parameter state (the engine vmaps the update, one state per picture).
 OPTIMIZERS = (
@@ -78,16 +82,22 @@ class ParamConfig(keys.Checked):
     """How a picture is parameterized (:mod:`fvjax.rendering.param`)."""
 
     _prefix = "param."
-    kind: str = keys.key(keys.one_of(PARAMS), "fourier", "fourier | pixel | maco | laplacian")
+    kind: str = keys.key(
+        keys.one_of(PARAMS), "fourier", "fourier | pixel | maco | laplacian | cppn"
+    )
     decorrelate: bool = keys.key(keys.boolean, True, "optimize in decorrelated colour space")
     decay: float = keys.key(keys.number(0.0), 1.0, "1/f**decay spectrum scaling (fourier only)")
     output: str = keys.key(
         keys.one_of(OUTPUTS), "sigmoid", "sigmoid | clip: map to [0, 1] (maco: clip)"
     )
     levels: int = keys.key(keys.integer(1), 4, "pyramid levels (laplacian only)")
+    cppn_width: int = keys.key(keys.integer(1), 24, "channels of each CPPN layer (cppn only)")
+    cppn_depth: int = keys.key(keys.integer(1), 8, "CPPN hidden layers (cppn only)")
     spectrum: str = keys.key(
         keys.optional_text, "", "maco's magnitude: '' the world's, a .npy file, an image folder"
     )
+    alpha: bool = keys.key(keys.boolean, False, "RGBA pictures over random backgrounds (alpha)")
+    opacity: float = keys.key(keys.number(0.0), 5.0, "alpha: what an opaque picture costs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +134,24 @@ class DiversityConfig(keys.Checked):
 
 
 @dataclasses.dataclass(frozen=True)
+class NaturalConfig(keys.Checked):
+    """The natural images of ``objective = "accentuate"``: each unit raised in each image,
+    held near it at ``layer`` (:func:`~fvjax.rendering.inversion.accentuate`); the images take
+    the seeds axis (``seeds`` stays 1)."""
+
+    _prefix = "natural."
+    images: str = keys.key(keys.text, "world", "world | a folder of images (sorted by name)")
+    count: int = keys.key(keys.integer(1), 4, "images per unit: the first COUNT")
+    seed: int = keys.key(keys.integer(0), 1, "the world's seed (worldnet trained on 0)")
+    layer: str = keys.key(
+        keys.optional_text, "input", "input (the pixels), a layer, or '' (the rendered layer)"
+    )
+    weight: float = keys.key(
+        keys.number(0.0), 100.0, "how near: the weight of the relative squared distance"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class FacetsConfig(keys.Checked):
     """The facets of each unit (:mod:`fvjax.checks.facets`), part of ``fvjax check``: its top
     natural images clustered, the seeds' coverage of them, and a picture of each (started from
@@ -143,6 +171,26 @@ class FacetsConfig(keys.Checked):
         keys.number(0.0), 2.0, "the steering's pull, in what the seeds reach", "checks"
     )
     seed: int = keys.key(keys.integer(0), 0, "k-means's seed", "checks")
+
+
+@dataclasses.dataclass(frozen=True)
+class AtlasConfig(keys.Checked):
+    """Each checked layer's activation atlas (:mod:`fvjax.checks.atlas`), by ``fvjax check``."""
+
+    _prefix = "atlas."
+    enabled: bool = keys.key(keys.boolean, False, "an activation atlas per layer", "checks")
+    points: int = keys.key(keys.integer(3), 2000, "activation vectors laid out (t-SNE)", "checks")
+    grid: int = keys.key(keys.integer(1), 8, "cells per side", "checks")
+    min_points: int = keys.key(keys.integer(1), 4, "points a cell needs for a picture", "checks")
+    perplexity: float = keys.key(keys.number(1.0), 30.0, "t-SNE's perplexity", "checks")
+    steps: int = keys.key(keys.integer(0), 0, "render steps of a cell (0: the job's)", "checks")
+    seed: int = keys.key(keys.integer(0), 0, "the points' and the pictures' seed", "checks")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.perplexity > self.points - 1:  # each point needs that many neighbours
+            raise ConfigError(f"atlas.perplexity must be at most atlas.points - 1 = "
+                              f"{self.points - 1}, got {self.perplexity:g}")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +251,9 @@ class Config(keys.Checked):
     )
     layers: tuple[str, ...] = keys.key(keys.layers, ("block3",), "layers to render")
     units: str | tuple[int, ...] = keys.key(keys.units, "all", '"all" or a list of unit indices')
-    objective: str = keys.key(keys.one_of(LAYER_OBJECTIVES), "channel", "channel | neuron")
+    objective: str = keys.key(
+        keys.one_of(OBJECTIVES), "channel", "channel | neuron | accentuate (see [natural])"
+    )
     seeds: int = keys.key(keys.integer(1), 1, "pictures per unit (seeds 0..seeds-1)")
     steps: int = keys.key(keys.integer(1), 256, "optimization steps")
     size: int | tuple[int, int] = keys.key(keys.size, 128, "picture size, N or [H, W]")
@@ -237,8 +287,10 @@ class Config(keys.Checked):
     transforms: TransformsConfig = keys.section(TransformsConfig)
     optimizer: OptimizerConfig = keys.section(OptimizerConfig)
     diversity: DiversityConfig = keys.section(DiversityConfig)
+    natural: NaturalConfig = keys.section(NaturalConfig)
     checks: ChecksConfig = keys.section(ChecksConfig, role="checks")
     facets: FacetsConfig = keys.section(FacetsConfig, role="checks")
+    atlas: AtlasConfig = keys.section(AtlasConfig, role="checks")
     output: str = keys.key(keys.text, "fvjax-out", "output directory", role="run")
     progress: bool = keys.key(keys.boolean, True, "progress bar on stderr", role="run")
     checkpoint: bool = keys.key(
@@ -420,8 +472,8 @@ def identity(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     holds another identity's pictures is noted. Takes a config or its :func:`to_dict`.
 
     >>> sorted(set(to_dict(Config())) - set(identity(Config())))  # doctest: +NORMALIZE_WHITESPACE
-    ['checkpoint', 'checkpoint_every', 'checks', 'distributed', 'facets', 'output', 'progress',
-     'shard']
+    ['atlas', 'checkpoint', 'checkpoint_every', 'checks', 'distributed', 'facets', 'output',
+     'progress', 'shard']
     """
     return with_roles(config, ("pictures",))
 
@@ -455,7 +507,7 @@ def with_roles(config: Config | Mapping[str, Any], roles: Iterable[str]) -> dict
     "checks")`` is a procedure, what a registration freezes (:mod:`fvjax.job.procedure`).
 
     >>> sorted(with_roles(Config(), ["checks"]))
-    ['checks', 'facets']
+    ['atlas', 'checks', 'facets']
     """
     data = to_dict(config) if isinstance(config, Config) else config
     roles = tuple(roles)
@@ -467,7 +519,7 @@ def describe() -> str:
     """The schema as text, one ``key = default  # meaning`` line per key.
 
     >>> print(describe().splitlines()[4])
-    objective = "channel"  # channel | neuron
+    objective = "channel"  # channel | neuron | accentuate (see [natural])
     """
     lines: list[str] = []
 

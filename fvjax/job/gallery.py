@@ -62,7 +62,8 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
 .seeds { display: flex; gap: 6px; }
 figure { margin: 0; flex: 1 1 0; min-width: 0; }
 figure img { display: block; width: 100%; height: auto; image-rendering: pixelated;
-  background: #eee; border-radius: 2px; }
+  border-radius: 2px; /* a checkerboard behind transparent (param.alpha) pictures */
+  background: repeating-conic-gradient(#d9d9d9 0 25%, #f7f7f7 0 50%) 0 0 / 12px 12px; }
 figcaption { margin-top: 2px; font-size: 11px; color: var(--muted); text-align: center;
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .running { color: #b25b00; font-weight: 600; }
@@ -233,6 +234,24 @@ def _checked_line(manifest: Mapping[str, Any], layer: str) -> str:
     return f"<p>checked: {concepts}{flagged} flagged unit(s); a card per unit</p>"
 
 
+def _slug_of(manifest: Mapping[str, Any], layer: str) -> str:
+    return next(entry["slug"] for entry in manifest["layers"] if entry["layer"] == layer)
+
+
+def _atlas_link(atlas: Mapping[str, Any], folder: str) -> str:
+    """A link to a layer's activation atlas (the manifest's ``checks.layers.<layer>.atlas``)
+    from a page ``folder`` above it.
+
+    >>> _atlas_link({"cells": 5, "points": 90, "agreement": 0.8}, "b3/").split(" (")[0]
+    '<a href="b3/atlas.html">activation atlas</a>'
+    """
+    return (
+        f'<a href="{folder}atlas.html">activation atlas</a> ({atlas["cells"]} cells from '
+        f"{atlas['points']} activation vectors; {atlas['agreement']:.0%} of the pictures "
+        "nearest their own cell's direction)"
+    )
+
+
 def index_page(manifest: Mapping[str, Any]) -> str:
     """``index.html``: the job's settings and a card per layer linking to its page."""
     config = manifest.get("config", {})
@@ -261,6 +280,14 @@ def index_page(manifest: Mapping[str, Any]) -> str:
         f'Details in <a href="{MANIFEST}">{MANIFEST}</a>.</p>\n<div class="meta">{meta}</div>'
         f"{procedure_html(manifest.get('procedure'), runs=True)}"
     )
+    checked = manifest.get("checks", {}).get("layers", {})
+    atlases = [
+        f"{html.escape(layer)}: {_atlas_link(c['atlas'], f'{_slug_of(manifest, layer)}/')}"
+        for layer, c in checked.items()
+        if "atlas" in c
+    ]
+    if atlases:
+        header += f"\n<p>Activation atlases: {'; '.join(atlases)}</p>"
     cards = []
     for layer in manifest["layers"]:
         shape = "x".join(str(d) for d in layer["shape"]) if layer["shape"] else "?"
@@ -380,6 +407,8 @@ def layer_page(
             views += (
                 '\n<p><img src="concepts.svg" alt="units detecting a concept, by category"></p>'
             )
+        if "atlas" in checks:
+            views += f"\n<p>{_atlas_link(checks['atlas'], '')}</p>"
     header = (
         f'<p><a href="../{INDEX}">&larr; all layers</a></p>\n'
         f"<h1>{html.escape(layer['layer'])}</h1>\n"

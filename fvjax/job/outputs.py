@@ -56,7 +56,7 @@ _RESERVED = {MANIFEST, INDEX}
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write an ``(H, W, 3)`` picture as a PNG, atomically."""
+    """Write an ``(H, W, 3)`` picture (``(H, W, 4)``: RGBA, transparent) as a PNG, atomically."""
     return atomic_write(path, png_bytes(image))
 
 
@@ -78,7 +78,8 @@ def grid_layout(n_units: int, n_seeds: int, max_rows: int = 8) -> tuple[int, int
 def grid_image(
     images: np.ndarray, gutter: int = 2, max_rows: int = 8, max_side: int = 8192
 ) -> np.ndarray:
-    """``uint8`` grid of ``(units, seeds, H, W, 3)`` pictures: a row per unit, a column per seed.
+    """``uint8`` grid of ``(units, seeds, H, W, C)`` pictures: a row per unit, a column per seed
+    (``C`` = 4: an RGBA grid, its gutters opaque white).
 
     Tiles are ``gutter`` pixels apart (white); many units wrap into several blocks of columns,
     ``3 * gutter`` apart. Tiles are shrunk when the grid would be wider or taller than
@@ -88,7 +89,7 @@ def grid_image(
     (16, 10, 3)
     """
     images = np.asarray(images)
-    n_units, n_seeds, height, width = images.shape[:4]
+    n_units, n_seeds, height, width, channels = images.shape
     rows, blocks = grid_layout(n_units, n_seeds, max_rows)
     cols = blocks * n_seeds
 
@@ -99,7 +100,7 @@ def grid_image(
     room_w = (max_side - extent(cols, 0, blocks)) / cols
     shrink = min(1.0, room_h / height, room_w / width)
     tile_h, tile_w = max(1, int(height * shrink)), max(1, int(width * shrink))
-    grid = np.full((extent(rows, tile_h, 1), extent(cols, tile_w, blocks), 3), 255, np.uint8)
+    grid = np.full((extent(rows, tile_h, 1), extent(cols, tile_w, blocks), channels), 255, np.uint8)
     for u in range(n_units):
         block, row = divmod(u, rows)
         for s in range(n_seeds):

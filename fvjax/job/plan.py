@@ -22,6 +22,7 @@ from typing import Any
 import optax
 
 from fvjax.checks.receptive import receptive_field
+from fvjax.data.datasets import folder_dataset, world_dataset
 from fvjax.data.images import as_size
 from fvjax.errors import ConfigError, FvjaxError, OutputPathError
 from fvjax.files import data_sha256, directory_problem
@@ -29,7 +30,10 @@ from fvjax.job import shards
 from fvjax.job.config import Config, identity
 from fvjax.job.outputs import slugify
 from fvjax.models import zoo
-from fvjax.models.adapters import Model, layer_shape
+from fvjax.models.adapters import INPUT, Model, layer_shape
+from fvjax.rendering import alpha as alpha_lib
+from fvjax.rendering import cppn as cppn_lib
+from fvjax.rendering import inversion as inversion_lib
 from fvjax.rendering import maco as maco_lib
 from fvjax.rendering import param as param_lib
 from fvjax.rendering import transforms as transforms_lib
@@ -64,7 +68,12 @@ def build_model(config: Config) -> Model:
 
 def build_param(config: Config) -> Any:
     """The parameterization named by ``config.param`` (MACO's spectrum estimated or read
-    here, at the config's size)."""
+    here, at the config's size), with an alpha channel when ``param.alpha`` is on."""
+    base = _rgb_param(config)
+    return alpha_lib.param(base) if config.param.alpha else base
+
+
+def _rgb_param(config: Config) -> Any:
     p = config.param
     if p.kind == "maco":
         try:
@@ -76,15 +85,22 @@ def build_param(config: Config) -> Any:
         return param_lib.pixel(decorrelate=p.decorrelate, output=p.output)
     if p.kind == "laplacian":
         return param_lib.laplacian(levels=p.levels, decorrelate=p.decorrelate, output=p.output)
+    if p.kind == "cppn":
+        return cppn_lib.cppn(width=p.cppn_width, depth=p.cppn_depth)
     return param_lib.fourier(decorrelate=p.decorrelate, decay=p.decay, output=p.output)
 
 
 def build_transforms(config: Config) -> Any:
-    """The transform named by ``config.transforms``."""
+    """The transform named by ``config.transforms``; with ``param.alpha``, each picture is
+    first composited over its own random background."""
     t = config.transforms
     if t.preset == "maco":
-        return maco_lib.transforms()
-    return transforms_lib.standard(t.scale) if t.preset == "standard" else transforms_lib.identity()
+        chosen = maco_lib.transforms()
+    elif t.preset == "standard":
+        chosen = transforms_lib.standard(t.scale)
+    else:
+        chosen = transforms_lib.identity()
+    return transforms_lib.compose(alpha_lib.background(), chosen) if config.param.alpha else chosen
 
 
 @functools.cache
@@ -103,8 +119,18 @@ def build_objectives(config: Config, shapes: dict[str, tuple[int, ...]]) -> dict
     built = {}
     for layer in config.layers:
         units = range(layer_shape(shapes, layer)[-1]) if config.units == "all" else config.units
-        built[layer] = LAYER_OBJECTIVES[config.objective](layer, units)
+        built[layer] = layer_objective(config, layer, units)
     return built
+
+
+def layer_objective(config: Config, layer: str, units: Any) -> Objective:
+    """The config's objective over ``units`` of ``layer``; with ``param.alpha``, less
+    ``param.opacity`` times the pictures' mean alpha (:func:`fvjax.rendering.alpha.opacity`)."""
+    unit_objective = "channel" if config.objective == "accentuate" else config.objective
+    objective = LAYER_OBJECTIVES[unit_objective](layer, units)
+    if config.param.alpha and config.param.opacity:
+        return objective - config.param.opacity * alpha_lib.opacity()
+    return objective
 
 
 def render_settings(config: Config) -> dict[str, Any]:
@@ -186,14 +212,19 @@ def build_plan(config: Config) -> JobPlan:
     model = build_model(config)
     shapes = model.layer_shapes(config.size)
     render_kwargs = render_settings(config)
+    natural = natural_images(config)
     layers = {}
     for layer, objective in build_objectives(config, shapes).items():
         members = shards.positions(shard, n_shards, objective.batch_size)
         if len(members):  # none when this shard has fewer units than there are shards
             share = objective.take(members) if n_shards > 1 else objective
-            layers[layer] = plan_render(
-                model, share, diversity=build_diversity(config, layer), **render_kwargs
-            )
+            kwargs = dict(render_kwargs, diversity=build_diversity(config, layer))
+            if natural is not None:  # every (unit, image) pair a member, begun at its image
+                reg_layer = config.natural.layer or layer
+                share, kwargs["starts"] = inversion_lib.accentuation(
+                    model, share, natural, reg_layer, config.natural.weight
+                )
+            layers[layer] = plan_render(model, share, **kwargs)
     checkpoints = None
     if config.checkpoint:
         checkpoints = output / CHECKPOINTS / data_sha256(identity(config))[:16]
@@ -207,6 +238,43 @@ def build_plan(config: Config) -> JobPlan:
         checkpoints=checkpoints,
         warnings=tuple(small_picture_warnings(model, config.layers, config.size)),
     )
+
+
+def natural_images(config: Config) -> Any:
+    """The ``[natural]`` images ``(count, H, W, 3)`` of an ``accentuate`` job at its size, the
+    keys that cannot go with them refused; ``None`` for the other objectives."""
+    if config.objective != "accentuate":
+        return None
+    n = config.natural
+    refused = {
+        "seeds": (config.seeds != 1, "the images take the seeds axis: set natural.count"),
+        "diversity.weight": (config.diversity.weight, "each pair has one picture"),
+        "checks.enabled": (
+            config.checks.enabled,
+            "the checks read a unit's seeds as pictures from random starts: check a plain render",
+        ),
+    }
+    for key, (bad, why) in refused.items():
+        if bad:
+            raise ConfigError(f"objective 'accentuate' takes no {key} ({why})")
+    size = as_size(config.size)
+    seen = transforms_lib.output_size(build_transforms(config), size)
+    if seen != size and n.layer != INPUT:
+        raise ConfigError(
+            f"objective 'accentuate' holds each picture to its image's map at natural.layer, "
+            f"but transforms.preset = {config.transforms.preset!r} makes {size[0]}x{size[1]} "
+            f"pictures {seen[0]}x{seen[1]}: use transforms.preset = 'maco' (crops and noise, as "
+            "Hamblin et al.) or "
+            "'none', or natural.layer = 'input'"
+        )
+    if n.images == "world":
+        return world_dataset(n.seed, n.count, size).images(range(n.count))
+    if not Path(n.images).is_dir():
+        raise ConfigError(f"natural.images {n.images!r} is neither 'world' nor a folder")
+    found = folder_dataset(n.images, size)
+    if len(found) < n.count:
+        raise ConfigError(f"natural.count = {n.count}, but {n.images} holds {len(found)} images")
+    return found.images(range(n.count))
 
 
 def small_picture_warnings(model: Model, layers: Any, size: Any) -> list[str]:

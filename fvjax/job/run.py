@@ -25,6 +25,7 @@ from fvjax.job.check import check
 from fvjax.job.outputs import RenderOutput, read_manifest
 from fvjax.job.plan import JobPlan, build_plan
 from fvjax.progress import Progress
+from fvjax.rendering import inversion as inversion_lib
 from fvjax.rendering.engine import run_plan
 
 
@@ -80,6 +81,8 @@ def run(
                 checkpoint_dir=plan.checkpoint_dir(layer),
                 checkpoint_every=config.checkpoint_every or None,
             )
+            if config.objective == "accentuate":  # (unit, image) pairs: a row per unit
+                result = inversion_lib.by_unit(result)
             names = [plan.model.unit_name(layer, int(u)) for u in result.units]
             degenerate = _degenerate(result, stream)
             out.add_layer(

@@ -47,6 +47,7 @@ from fvjax.rendering.step import (
     image_keys,
     init_state,
     make_setup,
+    picture_shape,
     run_steps,
 )
 
@@ -56,7 +57,8 @@ class RenderResult:
     """Pictures and what they scored.
 
     Attributes:
-        images: ``(units, seeds, H, W, 3)`` float32 in [0, 1].
+        images: ``(units, seeds, H, W, 3)`` float32 in [0, 1]; ``(units, seeds, H, W, 4)``
+            RGBA with an alpha parameterization (:mod:`fvjax.rendering.alpha`).
         activations: ``(units, seeds)`` objective value on the final, untransformed picture.
         history: ``(steps, units, seeds)`` objective value at each step (transformed picture);
             ``None`` for a result read back from an output directory, which keeps no history.
@@ -100,6 +102,7 @@ class RenderPlan:
     n_chunks: int
     directions: np.ndarray | None = None  # (units, seeds, C): the guide's, if any
     starts: np.ndarray | None = None  # (units, seeds, H, W, 3): start pictures, if any
+    channels: int = 3  # of the pictures: 4 for RGBA (an alpha parameterization)
 
     @property
     def n_images(self) -> int:
@@ -244,6 +247,7 @@ def plan_render(
         n_chunks=n_chunks,
         directions=directions,
         starts=starts,
+        channels=picture_shape(setup.param, setup.size)[-1],
     )
 
 
@@ -315,7 +319,7 @@ def run_plan(
         what = f"{objective.label}: {n_items} pictures, {steps} steps, {height}x{width} px"
         bar = Progress(plan.total_steps, label=what, enabled=bool(progress))
     size = plan.setup.size
-    images = np.zeros((n_items, *size, 3), np.float32)
+    images = np.zeros((n_items, *size, plan.channels), np.float32)
     finals = np.zeros((n_items,), np.float32)
     history = np.zeros((steps, n_items), np.float32)
     store = ResumeStore(checkpoint_dir, plan.identity()) if checkpoint_dir is not None else None
@@ -382,7 +386,7 @@ def run_plan(
     if not isinstance(progress, Progress):
         bar.close()
     return RenderResult(
-        images=images.reshape(n_units, n_seeds, *size, 3),
+        images=images.reshape(n_units, n_seeds, *size, plan.channels),
         activations=finals.reshape(n_units, n_seeds),
         history=history.reshape(steps, n_units, n_seeds),
         units=unit_ids,
@@ -430,8 +434,8 @@ def render(
         steps: optimization steps.
         size: picture size, ``int`` or ``(H, W)``.
         param: parameterization (default ``fourier()``).
-        transforms: a ``(key, image) -> image`` transform (default ``standard()``; use
-            ``transforms.identity()`` for none).
+        transforms: a ``(key, image) -> image`` transform (default ``standard()``, after
+            ``alpha.background()`` for RGBA pictures; ``transforms.identity()`` for none).
         optimizer: an ``optax`` optimizer (default ``adam(0.05)``). Reuse one instance across
             calls: a new instance is a new program to compile.
         batch_size: images per compiled chunk (default: all at once). The last chunk is padded,
@@ -468,14 +472,16 @@ def render(
         starts: ``(units, seeds, H, W, 3)`` pictures in [0, 1] to start from (say the mean
             image of a facet's natural examples, as Nguyen et al. 2016 do): each picture's
             parameterization begins at its start plus its seed's usual small draw. Needs a
-            parameterization with ``from_image`` (``pixel()`` and ``fourier()`` have it).
+            parameterization with ``from_image`` (``pixel()`` and ``fourier()`` have it; an
+            ``alpha.param()`` picture starts opaque).
         redirect_relu: for how many first steps the model's ReLUs pass the gradient that
             would raise a dead input (Lucid's redirected ReLU,
             :mod:`fvjax.rendering.redirect`): 0 never (the default), -1 every step. One
             compiled program for both phases; any JAX model.
 
     Returns:
-        a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)``.
+        a :class:`RenderResult` with ``images`` of shape ``(units, seeds, H, W, 3)`` (``4``
+        channels, RGBA, with an ``alpha.param()``).
 
     >>> import fvjax
     >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})

@@ -228,10 +228,10 @@ class Maco:
 
     def to_image(self, raw: Array, size: tuple[int, int]) -> Array:
         """``(H, W, 3)`` in [0, 1]: the signal recoloured, plus grey, clipped (with
-        :func:`~fvjax.rendering.param.clip_inward`'s gradient). Not standardized and squashed by a sigmoid as in Xplique:
-        the picture keeps the dataset's contrast (on the world's spectrum Xplique's way gave
-        grey pictures, pixel std 0.05 at the start against the world's 0.21, and 3-5x lower
-        activations on worldnet)."""
+        :func:`~fvjax.rendering.param.clip_inward`'s gradient). Not standardized and squashed
+        by a sigmoid as in Xplique: the picture keeps the dataset's contrast (on the world's
+        spectrum Xplique's way gave grey pictures, pixel std 0.05 at the start against the
+        world's 0.21, and 3-5x lower activations on worldnet)."""
         x = jnp.moveaxis(self.signal(raw, size), 0, -1)
         return param_lib.to_rgb(x, decorrelate=True, output="clip")
 

@@ -6,6 +6,9 @@ Data flow of one step, for a batch of ``N`` images::
     raw (N, ...) --param.to_image--> images (N, H, W, 3) --transform (own key per image)-->
     model.apply(params, .) --> {layer: (N, ...)} --objective, vmapped--> values (N,)
 
+(RGBA pictures ``(N, H, W, 4)``, :mod:`fvjax.rendering.alpha`, reach the model composited:
+by their transform while optimizing, over grey for the final values.)
+
 and ``optax`` updates each image's variables with its own optimizer state (the update is
 ``vmap``ped, so no statistic is shared between images). Each image's random key comes from
 ``(seed, objective label, unit)`` alone (:func:`image_keys`), so a picture does not depend on
@@ -27,8 +30,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from fvjax.errors import ArgumentError, ImageSizeError
+from fvjax.errors import ArgumentError, FvjaxError, ImageSizeError
 from fvjax.models.adapters import INPUT, Model, as_size
+from fvjax.rendering import alpha as alpha_lib
 from fvjax.rendering import objectives as objectives_lib
 from fvjax.rendering import param as param_lib
 from fvjax.rendering import redirect as redirect_lib
@@ -94,9 +98,12 @@ def make_setup(
     objective against the model, :func:`check_sizes`)."""
     size = as_size(size)
     param = param if param is not None else param_lib.fourier()
+    channels = picture_shape(param, size)[-1]
     transform = transforms if transforms is not None else transforms_lib.standard()
+    if transforms is None and channels == 4:  # RGBA: each picture over its own background
+        transform = transforms_lib.compose(alpha_lib.background(), transform)
     optimizer = optimizer if optimizer is not None else default_optimizer()
-    check_sizes(model, objective, size, transform)
+    check_sizes(model, objective, size, transform, channels)
     if model_dtype not in MODEL_DTYPES:
         raise ArgumentError(f"model_dtype must be 'float32' or 'bfloat16', got {model_dtype!r}")
     if not isinstance(remat, str) or remat not in REMAT:
@@ -220,8 +227,8 @@ def _objective_values(
 
     def pictures(raw: Any) -> tuple[Array, Array]:
         images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
-        if keys is None:
-            return images, images
+        if keys is None:  # RGBA pictures over grey, RGB ones as they are
+            return images, alpha_lib.over_background(images, alpha_lib.GREY)
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
         return images, jax.vmap(setup.transform)(step_keys, images)
 
@@ -320,6 +327,10 @@ def init_state(setup: Setup, keys: Array, starts: Array | None = None) -> State:
 
 @partial(jax.jit, static_argnums=0)
 def final(setup: Setup, raw: Any, objective: Any, params: Any) -> tuple[Array, Array]:
+    """The pictures as the parameterization makes them (RGBA ones keep their alpha) and the
+    objective on them untransformed (RGBA composited over :data:`~fvjax.rendering.alpha.GREY`
+    for the model)."""
+
     def final(raw: Any, objective: Any, params: Any) -> tuple[Array, Array]:
         images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
         values, _ = _objective_values(setup, raw, objective, None, params, jnp.int32(0))
@@ -367,14 +378,43 @@ def default_steps_per_call() -> int:
     return 1 if jax.default_backend() == "cpu" else 32
 
 
-def check_sizes(model: Model, objective: Any, size: tuple[int, int], transform: Any) -> None:
-    """Validate the objective against the model on the host, before anything is traced."""
+def picture_shape(param: Any, size: tuple[int, int]) -> tuple[int, ...]:
+    """``(H, W, C)`` of ``param``'s pictures, traced, not computed: ``C`` is 3, or 4 for RGBA.
+
+    >>> picture_shape(param_lib.fourier(), (8, 6)), picture_shape(alpha_lib.param(), (8, 6))
+    ((8, 6, 3), (8, 6, 4))
+    """
+    shape = jax.eval_shape(
+        lambda key: param.to_image(param.init(key, size), size), jax.random.key(0)
+    ).shape
+    if len(shape) != 3 or shape[:2] != tuple(size) or shape[-1] not in (3, 4):
+        raise ArgumentError(
+            f"a parameterization must make (H, W, 3) RGB or (H, W, 4) RGBA pictures of "
+            f"{size[0]}x{size[1]}, {type(param).__name__} makes {shape}"
+        )
+    return tuple(int(n) for n in shape)
+
+
+def check_sizes(
+    model: Model, objective: Any, size: tuple[int, int], transform: Any, channels: int = 3
+) -> None:
+    """Validate the objective against the model on the host, before anything is traced;
+    ``channels``: the pictures' (4: RGBA, which the transform must composite to RGB)."""
     try:
-        seen = transforms_lib.output_size(transform, size)
+        seen_shape = transforms_lib.output_shape(transform, (*size, channels))
+    except FvjaxError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ImageSizeError(
             f"image size {size[0]}x{size[1]} is too small for the transforms: {exc}"
         ) from exc
+    if seen_shape[-1] != 3:
+        raise ArgumentError(
+            f"the transforms hand the model {seen_shape[-1]}-channel pictures; RGBA pictures "
+            "need a transform that composites them first, e.g. "
+            "transforms.compose(alpha.background(), transforms.standard())"
+        )
+    seen = seen_shape[:2]
     if min(seen) < 1:
         raise ImageSizeError(
             f"image size {size[0]}x{size[1]} is too small for the transforms, which crop it "
@@ -382,5 +422,5 @@ def check_sizes(model: Model, objective: Any, size: tuple[int, int], transform: 
         )
     for shape_size in {size, seen}:
         shapes = dict(model.layer_shapes(shape_size))
-        shapes[INPUT] = (*shape_size, 3)
+        shapes[INPUT] = (*shape_size, channels)
         objective.validate(shapes)

@@ -322,8 +322,18 @@ def standard(scale: float = 1.0) -> RandomAffine:
 
 
 def output_size(transform: Transform, size: tuple[int, int]) -> tuple[int, int]:
-    """The ``(H, W)`` that ``transform`` makes of an image of ``size`` (no compute)."""
-    shape = jax.eval_shape(
-        transform, jax.random.key(0), jax.ShapeDtypeStruct((*size, 3), jnp.float32)
+    """The ``(H, W)`` that ``transform`` makes of an RGB image of ``size`` (no compute)."""
+    height, width, _ = output_shape(transform, (*size, 3))
+    return height, width
+
+
+def output_shape(transform: Transform, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The ``(H, W, C)`` that ``transform`` makes of an image of ``shape`` (no compute).
+
+    >>> output_shape(standard(0.5), (32, 32, 4))
+    (38, 38, 4)
+    """
+    out = jax.eval_shape(
+        transform, jax.random.key(0), jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
     ).shape
-    return int(shape[0]), int(shape[1])
+    return int(out[0]), int(out[1]), int(out[2])
