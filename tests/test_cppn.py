@@ -14,6 +14,7 @@ import fvjax
 from fvjax import objectives as O
 from fvjax.data.images import read_rgb
 from fvjax.errors import ArgumentError
+from fvjax.job import check as check_lib
 from fvjax.job import plan as plan_lib
 from fvjax.job import run as run_lib
 from fvjax.job.config import from_dict
@@ -139,3 +140,16 @@ def test_a_cppn_job_from_its_config_keys(tmp_path):
     )
     with pytest.raises(fvjax.ConfigError, match="param.cppn_depth"):
         from_dict(job, ["param.cppn_depth=0"])
+
+
+def test_facet_pictures_of_a_cppn_job_are_refused_before_any_work(tmp_path):
+    job = {"model": "tiny", "layers": ["block2"], "units": [0], "steps": 2, "size": 16,
+           "progress": False, "output": str(tmp_path / "out"), "param": {"kind": "cppn"},
+           "checks": {"enabled": True, "images": 20}, "facets": {"enabled": True}}  # fmt: skip
+    message = "facets.render starts each facet's picture .* param.kind = 'cppn' cannot start"
+    with pytest.raises(fvjax.ConfigError, match=message):
+        plan_lib.build_plan(from_dict(job))
+    with pytest.raises(fvjax.ConfigError, match=message):
+        check_lib.check(from_dict(job))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    plan_lib.build_plan(from_dict(job, ["facets.render=false"]))  # without facet pictures: fine

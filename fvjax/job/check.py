@@ -48,7 +48,13 @@ from fvjax.files import atomic_write
 from fvjax.job import config as config_lib
 from fvjax.job import gallery, procedure
 from fvjax.job.outputs import HISTORY, read_manifest, write_manifest
-from fvjax.job.plan import build_model, build_plan, layer_objective, render_settings
+from fvjax.job.plan import (
+    build_model,
+    build_plan,
+    check_facet_pictures,
+    layer_objective,
+    render_settings,
+)
 from fvjax.models.adapters import Model
 from fvjax.progress import Progress
 from fvjax.rendering import alpha
@@ -398,6 +404,7 @@ def check(
             f"the checks hold pictures from random starts against natural examples; objective "
             f"{config.objective!r} has none: check a plain render of these units"
         )
+    check_facet_pictures(config)
     out, manifest = _read_render(config)
     entries = _layers(config, manifest)
     model: Model = build_model(config)

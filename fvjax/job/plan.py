@@ -195,6 +195,19 @@ class JobPlan:
         return None if self.checkpoints is None else self.checkpoints / slugify(layer)
 
 
+def check_facet_pictures(config: Config) -> None:
+    """Refuse, before any work, ``[facets]`` pictures (``facets.render``) that cannot be made:
+    each starts from its facet's mean image, so the parameterization needs ``from_image``."""
+    if not (config.facets.enabled and config.facets.render):
+        return
+    if not callable(getattr(build_param(config), "from_image", None)):
+        raise ConfigError(
+            f"facets.render starts each facet's picture from the facet's mean image, but "
+            f"param.kind = {config.param.kind!r} cannot start from a picture; set "
+            "facets.render = false, or use param.kind fourier, pixel or laplacian"
+        )
+
+
 def build_plan(config: Config) -> JobPlan:
     """Build the model and every layer's render plan of ``config``, checking all of it.
 
@@ -209,6 +222,8 @@ def build_plan(config: Config) -> JobPlan:
     problem = directory_problem(output)  # an output that cannot be written fails first
     if problem:
         raise OutputPathError(problem)
+    if config.checks.enabled:
+        check_facet_pictures(config)
     model = build_model(config)
     shapes = model.layer_shapes(config.size)
     render_kwargs = render_settings(config)
