@@ -21,13 +21,11 @@ import time
 import numpy as np
 
 from fvjax import transforms as T
-from fvjax.benchmarking import channel_objective, load_model, parse_args, record
+from fvjax.benchmarking import channel_objective, compare_renders, load_model, parse_args, record
 from fvjax.benchmarking import parser as benchmark_parser
 from fvjax.checks.atlas import cell_direction, sample_activations, whitening
 from fvjax.checks.layout2d import tsne_layout
 from fvjax.data import world_dataset
-from fvjax.rendering import cost
-from fvjax.rendering.engine import render
 
 
 def tsne_seconds(vectors: np.ndarray, rounds: int) -> tuple[float, float]:
@@ -57,21 +55,12 @@ def main() -> None:
     channel = channel_objective(model, args.layer, args.batch, args.size)
     means = samples.vectors[np.arange(args.batch) % len(samples.vectors)]
     cells = cell_direction(args.layer, means, whitening(samples.vectors))
-    objectives = {"default (channel)": channel, "atlas cells (cell_direction)": cells}
-    common = dict(seeds=1, steps=args.steps, size=args.size, progress=False)
-    common["transforms"] = T.standard(args.transform_scale)
-    first, flops = {}, {}
-    for name, objective in objectives.items():
-        lowered = cost.lower_step(model, objective, size=args.size, transforms=common["transforms"])
-        flops[name] = float(lowered.cost_analysis()["flops"]) / args.batch
-        first[name] = render(model, objective, **common).first_call_seconds
-    best = dict.fromkeys(objectives, 0.0)
-    for _ in range(args.rounds):
-        for name, objective in objectives.items():
-            start = time.perf_counter()
-            render(model, objective, **common)
-            best[name] = max(best[name], args.batch * args.steps / (time.perf_counter() - start))
-    base, base_flops = best["default (channel)"], flops["default (channel)"]
+    transforms = T.standard(args.transform_scale)
+    variants = {
+        "default (channel)": dict(objective=channel, transforms=transforms),
+        "atlas cells (cell_direction)": dict(objective=cells, transforms=transforms),
+    }
+    found = compare_renders(model, variants, args.steps, args.size, args.rounds)
     text = "\n".join(
         [
             f"model `{args.model}` layer `{args.layer}`, world images (seed 1) at {args.size} "
@@ -86,14 +75,7 @@ def main() -> None:
             f"standard({args.transform_scale:g}); steady state best of {args.rounds} "
             "interleaved rounds; first call = trace + compile + one step.",
             "",
-            "| objective | image-steps/s | vs default | first call (s) | MFLOP per image-step "
-            "| flops vs default |",
-            "|---|---:|---:|---:|---:|---:|",
-            *(
-                f"| {name} | {best[name]:.1f} | {best[name] / base:.2f} | {first[name]:.2f} | "
-                f"{flops[name] / 1e6:.2f} | {flops[name] / base_flops:.3f} |"
-                for name in objectives
-            ),
+            *found.table("objective"),
         ]
     )
     record(args, "The activation atlas: t-SNE and the cells' render step", text)

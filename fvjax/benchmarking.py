@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from fvjax.files import versions
 from fvjax.models import zoo
 from fvjax.models.adapters import Model, as_size
-from fvjax.rendering import objectives
+from fvjax.rendering import cost, objectives
 from fvjax.rendering.cost import abstract
 from fvjax.rendering.engine import render
 
@@ -213,3 +213,62 @@ def render_rate(model: Model, objective: Any, steps: int, size: int, **kwargs: A
     start = time.perf_counter()
     render(model, objective, seeds=1, steps=steps, size=size, **kwargs)
     return n_images * steps / (time.perf_counter() - start)
+
+
+class Comparison(NamedTuple):
+    """What :func:`compare_renders` measured, per variant name (the first is the base)."""
+
+    rate: dict[str, float]  # steady-state image-steps/s, the best round
+    first: dict[str, float]  # seconds of the first call: trace, compile and one step
+    flops: dict[str, float]  # XLA's flops per image-step
+
+    def table(self, what: str = "variant") -> list[str]:
+        """Markdown rows: each variant's rate, first call and flops, and both as ratios to
+        the base's."""
+        base = next(iter(self.rate))
+        return [
+            f"| {what} | image-steps/s | vs {base} | first call (s) | MFLOP per image-step "
+            f"| flops vs {base} |",
+            "|---|---:|---:|---:|---:|---:|",
+            *(
+                f"| {name} | {self.rate[name]:.1f} | {self.rate[name] / self.rate[base]:.2f} | "
+                f"{self.first[name]:.2f} | {self.flops[name] / 1e6:.2f} | "
+                f"{self.flops[name] / self.flops[base]:.3f} |"
+                for name in self.rate
+            ),
+        ]
+
+
+def compare_renders(
+    model: Model, variants: dict[str, dict[str, Any]], steps: int, size: int, rounds: int
+) -> Comparison:
+    """Time ``render`` of each variant (``{name: render's keyword arguments, with its
+    "objective"}``, the base first) in one run, interleaved over ``rounds``: the first call
+    apart, then the best steady-state image-steps/s; with XLA's flops per image-step of each
+    variant's step (:func:`fvjax.rendering.cost.lower_step`: start pictures are the render's,
+    not the step's).
+
+    >>> from fvjax.models import from_fn
+    >>> from fvjax.rendering import transforms
+    >>> model = from_fn(lambda x: {"rgb": x})
+    >>> same = dict(objective=objectives.channel("rgb", [0, 1]), transforms=transforms.identity())
+    >>> found = compare_renders(model, {"a": same, "b": same}, steps=2, size=8, rounds=1)
+    >>> found.table()[2].startswith("| a |"), round(found.flops["b"] / found.flops["a"], 3)
+    (True, 1.0)
+    """
+    first, flops = {}, {}
+    common = dict(seeds=1, steps=steps, size=size, progress=False)
+    for name, kwargs in variants.items():
+        objective = kwargs["objective"]
+        step = {k: v for k, v in kwargs.items() if k not in ("objective", "starts")}
+        lowered = cost.lower_step(model, objective, size=size, **step)
+        flops[name] = float(lowered.cost_analysis()["flops"]) / len(objective.unit_ids())
+        first[name] = render(model, **kwargs, **common).first_call_seconds
+    rate = dict.fromkeys(variants, 0.0)
+    for _ in range(rounds):
+        for name, kwargs in variants.items():
+            n_images = len(kwargs["objective"].unit_ids())
+            start = time.perf_counter()
+            render(model, **kwargs, **common)
+            rate[name] = max(rate[name], n_images * steps / (time.perf_counter() - start))
+    return Comparison(rate, first, flops)
