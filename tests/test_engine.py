@@ -45,6 +45,15 @@ def test_new_units_do_not_retrace(rgb_model):
     assert trace_count() == before
 
 
+def test_a_laplacian_pyramid_renders_new_units_without_a_retrace(rgb_model):
+    kwargs = dict(seeds=2, steps=2, size=16, param=P.laplacian(levels=3), transforms=CHEAP)
+    first = fvjax.render(rgb_model, O.channel("rgb", [0, 1]), **kwargs)
+    before = trace_count()
+    second = fvjax.render(rgb_model, O.channel("rgb", [2, 2]), **kwargs)
+    assert trace_count() == before
+    assert first.images.shape == second.images.shape == (2, 2, 16, 16, 3)
+
+
 def test_new_weights_do_not_retrace_because_they_are_arguments():
     model = fvjax.from_fn(lambda w, x: {"proj": x @ w}, params=jnp.eye(3))
     objective = O.channel("proj", [0])
