@@ -1,6 +1,7 @@
 """Render jobs: what the ``fvjax`` command runs, around the two halves.
 
 - :mod:`~fvjax.job.config`: the typed config (TOML, Python or YAML) and its overrides;
+- :mod:`~fvjax.job.sections`: its sections (``[param]``, ``[natural]``, ``[checks]``, ...);
 - :mod:`~fvjax.job.plan`: the job's plan, built once from the config and checked whole;
 - :mod:`~fvjax.job.run`: the plan carried out, layer by layer (``fvjax.job.run.run(config)``);
 - :mod:`~fvjax.job.outputs`: pictures, grids and ``manifest.json``;

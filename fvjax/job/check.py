@@ -399,10 +399,11 @@ def check(
     stream = stream if stream is not None else sys.stderr
     start = time.perf_counter()
     c = config.checks
-    if config.objective not in SCORE_OF_OBJECTIVE:  # accentuate: its pictures begin as images
+    if config.objective not in SCORE_OF_OBJECTIVE:  # pictures held to natural images
         raise ConfigError(
-            f"the checks hold pictures from random starts against natural examples; objective "
-            f"{config.objective!r} has none: check a plain render of these units"
+            f"the checks hold each unit's pictures from random starts against its natural "
+            f"examples; objective {config.objective!r} makes pictures held to natural images, "
+            "not a unit's: check a plain render (objective = 'channel') of these layers"
         )
     check_facet_pictures(config)
     out, manifest = _read_render(config)

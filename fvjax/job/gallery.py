@@ -345,9 +345,11 @@ def layer_page(
         by_unit.setdefault(image["unit"], []).append(image)
     n_seeds = len(layer["seeds"])
     height, width = layer["image_size"]
-    # Tiles at least 100 px a picture (small pictures are enlarged, pixelated), at most 256.
+    # Tiles at least 100 px a picture (small pictures are enlarged, pixelated), at most 256;
+    # an inversion's or caricature's row begins with its natural image.
     shown = min(max(width, 100), 256)
-    tile = n_seeds * shown + (n_seeds - 1) * 6 + 18
+    columns = n_seeds + any("natural" in image for image in images)
+    tile = columns * shown + (columns - 1) * 6 + 18
     prefix = layer["slug"] + "/"
     summaries = dict(checks["units"]) if checks else {}
     _, view_title, key, only = next(v for v in VIEWS if v[0] == view)
@@ -367,6 +369,12 @@ def layer_page(
             f"{'<b> degenerate</b>' if 'degenerate' in m else ''}</figcaption></figure>"
             for m in members
         )
+        if "natural" in members[0]:
+            figures = (
+                f'<figure><img src="{_href("../" + members[0]["natural"])}" width="{width}" '
+                f'height="{height}" loading="lazy" alt="the image"><figcaption>image'
+                f"</figcaption></figure>{figures}"
+            )
         named = members[0].get("unit_name")
         title = f"unit {unit}" + (f" &middot; {html.escape(named)}" if named else "")
         inner = (

@@ -7,6 +7,7 @@ Layout of an output directory ``OUT``::
     OUT/<slug>/index.html             one tile per unit: its seeds' pictures and activations
     OUT/<slug>/grid.png               rows = units, columns = seeds (wrapped when very tall)
     OUT/<slug>/unit0003_seed1.png     one picture per (unit, seed)
+    OUT/natural/image0003.png         a job's [natural] images, each once
 
 ``<slug>`` is the layer name made safe for a path (``block3/conv`` -> ``block3-conv``). Every
 file is written atomically (a temporary file in the same folder, then ``os.replace``), so a
@@ -49,8 +50,10 @@ from fvjax.rendering.engine import RenderResult
 FORMAT = "fvjax-render/1"
 #: ``(steps, units, seeds)`` objective values along the optimization, per layer folder.
 HISTORY = "history.npy"
+#: The folder of a job's natural images (``[natural]``), ``image0003.png`` each.
+NATURAL = "natural"
 #: Files and folders at the top of ``OUT`` that a layer's folder must not be named.
-_RESERVED = {MANIFEST, INDEX}
+_RESERVED = {MANIFEST, INDEX, NATURAL}
 
 # -- pictures -----------------------------------------------------------------------------------
 
@@ -184,12 +187,15 @@ class RenderOutput:
         shape: Sequence[int] | None = None,
         unit_names: Sequence[str | None] | None = None,
         degenerate: Sequence[str | None] | None = None,
+        details: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict:
         """Write ``result``'s pictures and grid for ``layer``; refresh manifest and gallery.
 
         ``unit_names``, one per row of ``result`` (``None`` where unnamed), label the units;
         ``degenerate``, one per picture (unit-major, ``None`` where fine), marks the pictures
-        that show nothing (:func:`fvjax.checks.degenerate.degenerate_pictures`).
+        that show nothing (:func:`fvjax.checks.degenerate.degenerate_pictures`); ``details``,
+        one per picture (unit-major), are more keys of its manifest entry (an inversion's
+        ``natural`` image, shown beside its row, and its ``error``).
 
         Returns the layer's manifest entry.
         """
@@ -213,6 +219,8 @@ class RenderOutput:
                     entry["unit_name"] = unit_names[i]
                 if degenerate is not None and degenerate[len(entries)]:
                     entry["degenerate"] = degenerate[len(entries)]
+                if details is not None:
+                    entry.update(details[len(entries)])
                 entries.append(entry)
         grid = grid_image(result.images)
         atomic_write(folder / GRID, png_bytes(grid))
@@ -244,6 +252,30 @@ class RenderOutput:
         self.timings["write_seconds"] += time.perf_counter() - start
         self._write_index()
         return entry
+
+    def add_natural(
+        self, images: np.ndarray, names: Sequence[str], source: Mapping[str, Any]
+    ) -> list[str]:
+        """Write a job's natural images ``(I, H, W, 3)`` once, ``OUT/natural/image0003.png``,
+        and record them as the manifest's ``natural``: ``source`` (where they come from) and
+        each image's index, name and file. Returns the files, relative to ``OUT``.
+
+        >>> import tempfile
+        >>> out = RenderOutput(tempfile.mkdtemp(), config={}, config_sha256="0" * 64)
+        >>> out.add_natural(np.zeros((2, 4, 4, 3)), ["a.png", "b.png"], {"source": "pics"})
+        ['natural/image0000.png', 'natural/image0001.png']
+        >>> out.manifest()["natural"]["images"][1]
+        {'index': 1, 'name': 'b.png', 'file': 'natural/image0001.png'}
+        """
+        files = [f"{NATURAL}/image{i:04d}.png" for i in range(len(images))]
+        for file, image in zip(files, images, strict=True):
+            save_png(self.path / file, image)
+        rows = zip(range(len(files)), names, files, strict=True)
+        self.extra["natural"] = {
+            **source,
+            "images": [{"index": i, "name": name, "file": file} for i, name, file in rows],
+        }
+        return files
 
     def manifest(self) -> dict[str, Any]:
         """The manifest as a dict (what ``manifest.json`` holds)."""

@@ -19,6 +19,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optax
 
 from fvjax.checks.receptive import receptive_field
@@ -27,7 +28,7 @@ from fvjax.data.images import as_size
 from fvjax.errors import ConfigError, FvjaxError, OutputPathError
 from fvjax.files import data_sha256, directory_problem
 from fvjax.job import shards
-from fvjax.job.config import Config, identity
+from fvjax.job.config import Config, NaturalConfig, identity
 from fvjax.job.outputs import slugify
 from fvjax.models import zoo
 from fvjax.models.adapters import INPUT, Model, layer_shape
@@ -159,6 +160,22 @@ def build_diversity(config: Config, layer: str) -> Diversity | None:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class NaturalImages:
+    """The ``[natural]`` images of a job, at its size.
+
+    Attributes:
+        images: ``(count, H, W, 3)`` in [0, 1].
+        names: one per image: ``"world image 3"``, or its file's name.
+        source: where they come from, as the manifest's ``natural`` records it:
+            ``{"source": "world", "seed": 1}``, or ``{"source": FOLDER}``.
+    """
+
+    images: np.ndarray
+    names: tuple[str, ...]
+    source: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class JobPlan:
     """A render job, checked and laid out: what :func:`fvjax.job.run.run` carries out.
 
@@ -174,6 +191,7 @@ class JobPlan:
         checkpoints: where the layers' checkpoints go (``None``: the config turns them off).
         warnings: what the job should say before it starts (pictures smaller than a layer's
             receptive field).
+        natural: the ``[natural]`` images of a job held to them (``None`` for the others).
     """
 
     config: Config
@@ -184,6 +202,7 @@ class JobPlan:
     layers: dict[str, RenderPlan]
     checkpoints: Path | None
     warnings: tuple[str, ...] = ()
+    natural: NaturalImages | None = None
 
     @property
     def total_steps(self) -> int:
@@ -227,17 +246,21 @@ def build_plan(config: Config) -> JobPlan:
     model = build_model(config)
     shapes = model.layer_shapes(config.size)
     render_kwargs = render_settings(config)
-    natural = natural_images(config)
+    natural = natural_images(config, n_shards)
+    if config.objective in inversion_lib.IMAGE_OBJECTIVES:  # a member per natural image
+        objectives = image_objectives(config, model, natural.images)
+    else:
+        objectives = build_objectives(config, shapes)
     layers = {}
-    for layer, objective in build_objectives(config, shapes).items():
+    for layer, objective in objectives.items():
         members = shards.positions(shard, n_shards, objective.batch_size)
         if len(members):  # none when this shard has fewer units than there are shards
             share = objective.take(members) if n_shards > 1 else objective
             kwargs = dict(render_kwargs, diversity=build_diversity(config, layer))
-            if natural is not None:  # every (unit, image) pair a member, begun at its image
+            if config.objective == "accentuate":  # each (unit, image) pair, begun at its image
                 reg_layer = config.natural.layer or layer
                 share, kwargs["starts"] = inversion_lib.accentuation(
-                    model, share, natural, reg_layer, config.natural.weight
+                    model, share, natural.images, reg_layer, config.natural.weight
                 )
             layers[layer] = plan_render(model, share, **kwargs)
     checkpoints = None
@@ -252,44 +275,101 @@ def build_plan(config: Config) -> JobPlan:
         layers=layers,
         checkpoints=checkpoints,
         warnings=tuple(small_picture_warnings(model, config.layers, config.size)),
+        natural=natural,
     )
 
 
-def natural_images(config: Config) -> Any:
-    """The ``[natural]`` images ``(count, H, W, 3)`` of an ``accentuate`` job at its size, the
-    keys that cannot go with them refused; ``None`` for the other objectives."""
-    if config.objective != "accentuate":
+def natural_images(config: Config, n_shards: int = 1) -> NaturalImages | None:
+    """The ``[natural]`` images of an ``accentuate``, ``invert`` or ``caricature`` job at its
+    size, the keys that cannot go with them refused (this process being one of ``n_shards``);
+    ``None`` for the other objectives.
+
+    >>> from fvjax.job.config import from_dict
+    >>> config = from_dict({"objective": "invert", "size": 16, "transforms": {"preset": "none"}})
+    >>> found = natural_images(config)
+    >>> found.images.shape, found.names[:2]
+    ((4, 16, 16, 3), ('world image 0', 'world image 1'))
+    """
+    if config.objective in LAYER_OBJECTIVES:
         return None
-    n = config.natural
-    refused = {
-        "seeds": (config.seeds != 1, "the images take the seeds axis: set natural.count"),
-        "diversity.weight": (config.diversity.weight, "each pair has one picture"),
-        "checks.enabled": (
-            config.checks.enabled,
-            "the checks read a unit's seeds as pictures from random starts: check a plain render",
-        ),
-    }
-    for key, (bad, why) in refused.items():
-        if bad:
-            raise ConfigError(f"objective 'accentuate' takes no {key} ({why})")
-    size = as_size(config.size)
-    seen = transforms_lib.output_size(build_transforms(config), size)
-    if seen != size and n.layer != INPUT:
-        raise ConfigError(
-            f"objective 'accentuate' holds each picture to its image's map at natural.layer, "
-            f"but transforms.preset = {config.transforms.preset!r} makes {size[0]}x{size[1]} "
-            f"pictures {seen[0]}x{seen[1]}: use transforms.preset = 'maco' (crops and noise, as "
-            "Hamblin et al.) or "
-            "'none', or natural.layer = 'input'"
-        )
+    check_natural_keys(config, n_shards)
+    n, size = config.natural, as_size(config.size)
     if n.images == "world":
-        return world_dataset(n.seed, n.count, size).images(range(n.count))
+        images = world_dataset(n.seed, n.count, size).images(range(n.count))
+        names = tuple(f"world image {i}" for i in range(n.count))
+        return NaturalImages(images, names, {"source": "world", "seed": n.seed})
     if not Path(n.images).is_dir():
         raise ConfigError(f"natural.images {n.images!r} is neither 'world' nor a folder")
     found = folder_dataset(n.images, size)
     if len(found) < n.count:
         raise ConfigError(f"natural.count = {n.count}, but {n.images} holds {len(found)} images")
-    return found.images(range(n.count))
+    names = tuple(path.name for path in found.folder.files[: n.count])
+    return NaturalImages(found.images(range(n.count)), names, {"source": n.images})
+
+
+def check_natural_keys(config: Config, n_shards: int = 1) -> None:
+    """Refuse, naming the key, what a job held to natural images cannot take: ``accentuate``
+    has a row per unit and a column per image, ``invert`` and ``caricature`` a row per image
+    (the unit index is the image's) and a column per seed; each picture is held to a map, so
+    transforms must keep its size."""
+    name, n, default = config.objective, config.natural, NaturalConfig()
+    per_image = name in inversion_lib.IMAGE_OBJECTIVES
+    refused = {
+        "seeds": (
+            not per_image and config.seeds != 1,
+            "the images take the seeds axis: set natural.count",
+        ),
+        "units": (per_image and config.units != "all", "a row per image: set natural.count"),
+        "diversity.weight": (
+            config.diversity.weight,
+            "an image's seeds are independent starts" if per_image else "a pair has one picture",
+        ),
+        "checks.enabled": (
+            config.checks.enabled,
+            "the checks read a unit's seeds as pictures of the unit: check a plain render",
+        ),
+        "natural.layer": (
+            per_image and n.layer != default.layer,
+            "accentuate's: each picture is held to its image at the rendered layer",
+        ),
+        "natural.weight": (per_image and n.weight != default.weight, "accentuate's"),
+        "natural.power": (name != "caricature" and n.power != default.power, "caricature's"),
+        "param.alpha": (per_image and config.param.alpha, "the images it is held to are RGB"),
+        "shard": (per_image and n_shards > 1, "one process renders all its images"),
+    }
+    for key, (bad, why) in refused.items():
+        if bad:
+            raise ConfigError(f"objective {name!r} takes no {key} ({why})")
+    size = as_size(config.size)
+    seen = transforms_lib.output_size(build_transforms(config), size)
+    if seen != size and (per_image or n.layer != INPUT):
+        at = "each rendered layer" if per_image else "natural.layer"
+        fix = (
+            "'none', as fvjax.inversion does ('maco' keeps the size, but its crops move the "
+            "picture against the map)"
+            if per_image
+            else "'maco' (crops and noise, as Hamblin et al.) or 'none', or natural.layer = 'input'"
+        )
+        raise ConfigError(
+            f"objective {name!r} holds each picture to its image's map at {at}, but "
+            f"transforms.preset = {config.transforms.preset!r} makes {size[0]}x{size[1]} "
+            f"pictures {seen[0]}x{seen[1]}: use transforms.preset = {fix}"
+        )
+
+
+def image_objectives(config: Config, model: Model, images: Any) -> dict[str, Objective]:
+    """``{layer: objective}`` of an ``invert`` or ``caricature`` job: a member per natural
+    image of ``images (I, H, W, 3)``, held to its map at the layer
+    (:data:`~fvjax.rendering.inversion.IMAGE_OBJECTIVES`, ``natural.power``).
+
+    >>> config = Config(model="tiny", layers=["block2"], objective="invert", size=16)
+    >>> image_objectives(config, build_model(config), np.zeros((3, 16, 16, 3)))["block2"].batch_size
+    3
+    """
+    images = inversion_lib.checked_images(model, images, config.layers)
+    targets = inversion_lib.layer_activations(model, images, config.layers)
+    make = inversion_lib.IMAGE_OBJECTIVES[config.objective]
+    return {layer: make(layer, targets[layer], config.natural.power) for layer in config.layers}
 
 
 def small_picture_warnings(model: Model, layers: Any, size: Any) -> list[str]:

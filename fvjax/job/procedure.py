@@ -58,6 +58,8 @@ from fvjax.job import config as config_lib
 from fvjax.job.gallery import LEDGER, REGISTRATION
 from fvjax.job.outputs import read_manifest
 from fvjax.job.plan import build_objectives, build_plan
+from fvjax.rendering.inversion import IMAGE_OBJECTIVES
+from fvjax.rendering.objectives import LAYER_OBJECTIVES
 
 FORMAT = "fvjax-registration/1"
 #: The key roles (:data:`fvjax.job.keys.ROLES`) a procedure is made of: what decides the
@@ -147,11 +149,14 @@ def checks_run(config: config_lib.Config) -> list[str]:
 
 def units_of(config: config_lib.Config, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list]:
     """``{layer: units}`` a config renders, ``"all"`` resolved, for a model whose layers at the
-    config's size have ``shapes``.
+    config's size have ``shapes``; an ``invert`` or ``caricature`` job's rows are its natural
+    images, numbered from 0.
 
     >>> units_of(config_lib.Config(layers=["a"], units="all"), {"a": (4, 4, 3)})
     {'a': [0, 1, 2]}
     """
+    if config.objective in IMAGE_OBJECTIVES:
+        return {layer: list(range(config.natural.count)) for layer in config.layers}
     objectives = build_objectives(config, shapes)
     return {layer: np.asarray(o.unit_ids()).tolist() for layer, o in objectives.items()}
 
@@ -164,10 +169,17 @@ def preregister(config: config_lib.Config, path: str | os.PathLike) -> Registrat
     its results exist; returns it. Everything is checked as for a render (model, layers,
     units); the registration is recorded in the output's ledger.
 
-    Raises :class:`~fvjax.errors.ProcedureError` when ``path`` exists or the output holds
-    results of this procedure already (in its manifest, or in a run of its ledger).
+    Raises :class:`~fvjax.errors.ProcedureError` when ``path`` exists, the output holds
+    results of this procedure already (in its manifest, or in a run of its ledger), or the
+    objective has no checks to give verdicts (``accentuate``, ``invert``, ``caricature``).
     """
     path = Path(path)
+    if config.objective not in LAYER_OBJECTIVES:  # pictures of natural images: no checks
+        raise ProcedureError(
+            f"a registration freezes the checks that give each unit its verdict, and objective "
+            f"{config.objective!r} has none (fvjax check refuses it): render it without a "
+            "registration, as an exploratory run"
+        )
     if exists(path):
         raise ProcedureError(f"{path} exists; a registration is written once, never replaced")
     plan = build_plan(config)

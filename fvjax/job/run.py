@@ -69,6 +69,9 @@ def run(
         stream.write(f"fvjax: warning: {warning}\n")
     if plan.warnings:
         out.extra["warnings"] = list(plan.warnings)
+    natural = plan.natural
+    if natural is not None:  # the images the pictures are held to, each written once
+        files = out.add_natural(natural.images, natural.names, natural.source)
     setup_seconds = time.perf_counter() - start
     # One bar over the whole job, every layer's chunks and steps.
     bar = Progress(plan.total_steps, stream=stream, enabled=config.progress)
@@ -83,10 +86,20 @@ def run(
             )
             if config.objective == "accentuate":  # (unit, image) pairs: a row per unit
                 result = inversion_lib.by_unit(result)
-            names = [plan.model.unit_name(layer, int(u)) for u in result.units]
+            details = None
+            if config.objective in inversion_lib.IMAGE_OBJECTIVES:  # a row per image
+                names = list(natural.names)
+                details = _image_details(plan, layer, result, files)
+            else:
+                names = [plan.model.unit_name(layer, int(u)) for u in result.units]
             degenerate = _degenerate(result, stream)
             out.add_layer(
-                layer, result, plan.shapes[layer], names if any(names) else None, degenerate
+                layer,
+                result,
+                plan.shapes[layer],
+                names if any(names) else None,
+                degenerate,
+                details,
             )
     except NonFiniteError:
         _remove_checkpoints(plan)  # the same run would fail at the same step: nothing to resume
@@ -169,6 +182,24 @@ def _note_other_job(plan: JobPlan, previous: dict[str, Any] | None, stream: Text
             f"fvjax: note: {plan.output} holds another job's outputs; files this job writes "
             "replace theirs, others stay but leave the manifest and gallery\n"
         )
+
+
+def _image_details(plan: JobPlan, layer: str, result: Any, files: list[str]) -> list[dict]:
+    """Each picture of an ``invert`` or ``caricature`` layer (image-major): its image's file,
+    and its map's relative error, cosine and scale against the image's
+    (:func:`~fvjax.rendering.inversion.image_result`)."""
+    targets = inversion_lib.layer_activations(plan.model, plan.natural.images, [layer])[layer]
+    found = inversion_lib.image_result(plan.model, layer, targets, result)
+    return [
+        {
+            "natural": files[i],
+            "error": float(found.error[i, j]),
+            "cosine": float(found.cosine[i, j]),
+            "scale": float(found.scale[i, j]),
+        }
+        for i in range(len(files))
+        for j in range(len(result.seeds))
+    ]
 
 
 def _degenerate(result: Any, stream: TextIO) -> list[str | None]:

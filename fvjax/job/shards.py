@@ -155,6 +155,11 @@ def merge(path: str | Path) -> dict[str, Any]:
         if (directory / REGISTRATION).is_file():
             atomic_write(path / REGISTRATION, (directory / REGISTRATION).read_bytes())
             break
+    natural = first.get("natural")  # an accentuation's images, the same in every shard
+    if natural:
+        for image in natural["images"]:
+            atomic_write(path / image["file"], (shards[0][0] / image["file"]).read_bytes())
+        out.extra["natural"] = natural
     layers: list[str] = []
     for _, manifest in shards:
         layers += [entry["layer"] for entry in manifest["layers"] if entry["layer"] not in layers]

@@ -351,18 +351,42 @@ def compare(found: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, ...]:
 # -- the three renders ------------------------------------------------------------------------
 
 
-def _image_render(model, images, layer, objective_of, settings) -> ImageResult:
-    images = checked_images(model, images, [layer])
-    targets = layer_activations(model, images, [layer])[layer]
-    settings = _render_settings(images, dict(settings), transforms_lib.identity())
-    result = render(model, objective_of(targets), **settings)
+#: The objectives of pictures made of natural images, one member per image, by name (a job's
+#: ``objective``): ``(layer, targets, power) -> objective``; only caricature's takes ``power``.
+IMAGE_OBJECTIVES = {
+    "invert": lambda layer, targets, power=DEFAULT_POWER: -match(layer, targets),
+    "caricature": likeness,
+}
+
+
+def image_result(model: Model, layer: str, targets: Any, result: RenderResult) -> ImageResult:
+    """``result``, a render of pictures ``(I, seeds, H, W, 3)`` held to ``targets (I, ...)``
+    at ``layer`` (:data:`IMAGE_OBJECTIVES`), with each picture's error, cosine and scale.
+
+    >>> import fvjax
+    >>> model = fvjax.models.from_fn(lambda x: {"rgb": x})
+    >>> pictures = np.full((1, 2, 4, 4, 3), 0.5, np.float32)  # 1 image, 2 seeds
+    >>> done = RenderResult(pictures, np.zeros((1, 2)), None, np.arange(1), (0, 1), "", "rgb",
+    ...                     0.0, 0.0)
+    >>> image_result(model, "rgb", np.ones((1, 4, 4, 3)), done).scale.tolist()
+    [[0.5, 0.5]]
+    """
     n, seeds = result.images.shape[:2]
-    found = layer_activations(model, result.images.reshape(n * seeds, *images.shape[1:]), [layer])
-    error, cosine, scale = compare(found[layer], np.repeat(targets, seeds, axis=0))
+    flat = result.images.reshape(n * seeds, *result.images.shape[2:])
+    found = layer_activations(model, flat, [layer])[layer]
+    error, cosine, scale = compare(found, np.repeat(np.asarray(targets), seeds, axis=0))
     shape = (n, seeds)
     return ImageResult(
         result.images, error.reshape(shape), cosine.reshape(shape), scale.reshape(shape), result
     )
+
+
+def _image_render(model, images, layer, kind, power, settings) -> ImageResult:
+    images = checked_images(model, images, [layer])
+    targets = layer_activations(model, images, [layer])[layer]
+    settings = _render_settings(images, dict(settings), transforms_lib.identity())
+    result = render(model, IMAGE_OBJECTIVES[kind](layer, targets, power), **settings)
+    return image_result(model, layer, targets, result)
 
 
 def invert(model: Model, images: Any, layer: str, **settings: Any) -> ImageResult:
@@ -377,7 +401,7 @@ def invert(model: Model, images: Any, layer: str, **settings: Any) -> ImageResul
     >>> bool((found.error < 0.2).all())
     True
     """
-    return _image_render(model, images, layer, lambda t: -match(layer, t), settings)
+    return _image_render(model, images, layer, "invert", DEFAULT_POWER, settings)
 
 
 def caricature(
@@ -393,7 +417,7 @@ def caricature(
     >>> bool(found.cosine[0, 0] > 0.5)
     True
     """
-    return _image_render(model, images, layer, lambda t: likeness(layer, t, power), settings)
+    return _image_render(model, images, layer, "caricature", power, settings)
 
 
 def accentuation(
