@@ -208,6 +208,7 @@ def test_shipped_configs_load():
     assert tiny.model == "tiny" and tiny.layers == ("block2", "block3") and tiny.seeds == 2
     default = load("configs/default.toml")  # the worldnet model is only imported when built
     assert default.model == "worldnet" and default.units == "all" and default.seeds == 4
+    assert default.checks.enabled and default.facets.enabled and default.atlas.enabled
 
 
 def test_describe_lists_every_key():
