@@ -17,7 +17,8 @@ and transparent pictures (deterministic: the same bits on one backend; about 90 
   network per picture) behind the same transforms.
 - ``alpha.png``: the same units and settings; top row the default, then RGBA pictures
   (``alpha.param()``, each over its own random background, ``standard(0.5)`` after) priced at
-  ``OPACITY_WEIGHTS`` of mean alpha, each over a checkerboard, and under it its alpha map.
+  ``OPACITY_WEIGHTS`` of their own activation (``alpha.priced``) for a fully opaque picture,
+  each over a checkerboard, and under it its alpha map.
 - ``inversion.png``: 4 world images (seed 1, 64 px), then their inversions and caricatures at
   worldnet's ``block3/conv``, and ``block3/conv`` unit 5 accentuated in each (256 steps, each
   method's defaults: :mod:`fvjax.rendering.inversion`).
@@ -37,8 +38,9 @@ from fvjax.models.zoo import planted
 from fvjax.rendering import inversion
 
 ANGLES = tuple(np.arange(8) * 22.5)
-#: The prices of mean opacity in ``alpha.png`` (block3/conv activations run 20-54).
-OPACITY_WEIGHTS = (5.0, 10.0)
+#: The relative prices of opacity in ``alpha.png`` (``alpha.priced``: the fraction of its own
+#: activation a fully opaque picture costs each unit).
+OPACITY_WEIGHTS = (0.5, 1.0)
 
 
 def _grid(rows: list[np.ndarray], scale: int, gap: int = 2) -> np.ndarray:
@@ -98,8 +100,8 @@ def checkerboard(height: int, width: int, tile: int = 8) -> np.ndarray:
 
 
 def alpha_picture() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The picture, ``(1 + len(OPACITY_WEIGHTS), 4)`` final activations (over grey; the
-    default's first) and ``(len(OPACITY_WEIGHTS), 4)`` mean alphas."""
+    """The picture, ``(1 + len(OPACITY_WEIGHTS), 4)`` final activations (over grey, without
+    the price; the default's first) and ``(len(OPACITY_WEIGHTS), 4)`` mean alphas."""
     model = fvjax.zoo.load("worldnet")
     channel = O.channel("block3/conv", [1, 5, 8, 9])
     common = dict(steps=256, size=64, progress=False)
@@ -109,12 +111,14 @@ def alpha_picture() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     transforms = fvjax.transforms.compose(fvjax.alpha.background(), fvjax.transforms.standard(0.5))
     for weight in OPACITY_WEIGHTS:
         result = fvjax.render(
-            model, channel - weight * fvjax.alpha.opacity(), param=fvjax.alpha.param(),
+            model, fvjax.alpha.priced(channel, weight), param=fvjax.alpha.param(),
             transforms=transforms, **common,
         )  # fmt: skip
         pictures = result.images[:, 0]
         rows += [fvjax.alpha.over_background(pictures, board), pictures[..., 3:].repeat(3, -1)]
-        values.append(result.activations[:, 0])
+        # The unit's own activation over grey (``result.activations`` is the priced value).
+        maps = model.activations(fvjax.alpha.over_background(pictures))["block3/conv"]
+        values.append(np.asarray(maps.mean((1, 2)))[np.arange(4), [1, 5, 8, 9]])
         alphas.append(pictures[..., 3].mean((1, 2)))
     return _grid(rows, scale=2), np.stack(values), np.stack(alphas)
 

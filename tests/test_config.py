@@ -18,7 +18,7 @@ def test_defaults_are_valid_and_resolve_to_every_key():
     }  # fmt: skip
     assert data["param"] == {"kind": "fourier", "decorrelate": True, "decay": 1.0,
                              "output": "sigmoid", "levels": 4, "spectrum": "",
-                             "alpha": False, "opacity": 5.0, "cppn_width": 24,
+                             "alpha": False, "opacity": 0.5, "cppn_width": 24,
                              "cppn_depth": 8}  # fmt: skip
     assert data["layers"] == ["block3"] and data["units"] == "all"
     assert len(sha) == 64 and int(sha, 16) >= 0

@@ -27,7 +27,6 @@ the layer's activations actually take on natural images:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
@@ -42,7 +41,7 @@ from fvjax.data.datasets import Dataset, check_batch_size
 from fvjax.errors import ArgumentError
 from fvjax.models.adapters import Model, layer_shape
 from fvjax.rendering.engine import render
-from fvjax.rendering.objectives import Objective
+from fvjax.rendering.objectives import Objective, objective_class
 
 #: Lucid's floor on the cosine of :class:`CellDirection`: a picture that starts pointing away
 #: from its direction still gets the dot product's gradient.
@@ -55,17 +54,6 @@ COSINE_POWER = 2.0
 #: :func:`whitening` floors the second moment's eigenvalues at this fraction of the largest,
 #: so directions the dataset hardly takes are amplified 32x at most, not without bound.
 WHITEN_FLOOR = 1e-3
-
-
-def _objective(cls: type) -> type:
-    """A frozen dataclass registered as a pytree: ``_static`` fields are structure."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    return jax.tree_util.register_dataclass(
-        cls,
-        data_fields=[f for f in fields if f not in cls._static],
-        meta_fields=[f for f in fields if f in cls._static],
-    )
 
 
 def readout(activations: jax.Array) -> jax.Array:
@@ -94,7 +82,7 @@ def whitening(vectors: np.ndarray) -> np.ndarray:
     return ((basis / np.sqrt(values)) @ basis.T).astype(np.float32)
 
 
-@_objective
+@objective_class
 class CellDirection(Objective):
     """``(b . u) * max(0.1, cos(b, u)) ** power`` with ``b = W a`` the picture's whitened
     activation vector (the mean over positions of ``layer``) and ``u`` the cell's whitened,

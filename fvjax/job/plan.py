@@ -125,12 +125,12 @@ def build_objectives(config: Config, shapes: dict[str, tuple[int, ...]]) -> dict
 
 
 def layer_objective(config: Config, layer: str, units: Any) -> Objective:
-    """The config's objective over ``units`` of ``layer``; with ``param.alpha``, less
-    ``param.opacity`` times the pictures' mean alpha (:func:`fvjax.rendering.alpha.opacity`)."""
+    """The config's objective over ``units`` of ``layer``; with ``param.alpha``, opacity
+    priced at ``param.opacity`` of each unit's own value (:func:`fvjax.rendering.alpha.priced`)."""
     unit_objective = "channel" if config.objective == "accentuate" else config.objective
     objective = LAYER_OBJECTIVES[unit_objective](layer, units)
     if config.param.alpha and config.param.opacity:
-        return objective - config.param.opacity * alpha_lib.opacity()
+        return alpha_lib.priced(objective, config.param.opacity)
     return objective
 
 

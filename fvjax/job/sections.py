@@ -55,7 +55,9 @@ class ParamConfig(keys.Checked):
         keys.optional_text, "", "maco's magnitude: '' the world's, a .npy file, an image folder"
     )
     alpha: bool = keys.key(keys.boolean, False, "RGBA pictures over random backgrounds (alpha)")
-    opacity: float = keys.key(keys.number(0.0), 5.0, "alpha: what an opaque picture costs")
+    opacity: float = keys.key(
+        keys.number(0.0), 0.5, "alpha: what an opaque picture costs, a fraction of the unit's value"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

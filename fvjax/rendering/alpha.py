@@ -6,8 +6,10 @@ A picture is RGBA (:func:`param`): any parameterization's RGB plus an opacity ma
 During the optimization it is composited over a **new random background for every picture at
 every step** (:func:`background`, a transform drawing from the key the engine gives each
 picture and step), so a pixel helps the unit only where it is opaque, and it pays for that
-in the objective through :func:`opacity` (``channel(...) - w * opacity()``): what stays
-opaque is what the unit needs. The model only ever sees RGB: the render's final values, and
+in the objective through :func:`priced` (``v - w * |v| * mean alpha``, a fraction of the
+unit's own value ``v``; Lucid's ``v * (1 - mean alpha)`` at ``w = 1`` for ``v > 0``) or the
+absolute :func:`opacity` (``channel(...) - w * opacity()``): what stays opaque is what the
+unit needs. The model only ever sees RGB: the render's final values, and
 ``fvjax check``'s reading of saved pictures, composite over mid-grey (:data:`GREY`) with
 :func:`over_background`, the one compositing function.
 
@@ -15,9 +17,9 @@ opaque is what the unit needs. The model only ever sees RGB: the render's final 
 >>> raw = p.init(jax.random.key(0), (16, 16))
 >>> p.to_image(raw, (16, 16)).shape
 (16, 16, 4)
->>> objective = objectives.channel("block3/conv", range(8)) - 2.0 * opacity()
->>> objective.batch_size
-8
+>>> objective = priced(objectives.channel("block3/conv", range(8)), 0.5)
+>>> objective.batch_size, objective.label
+(8, 'priced(channel:block3/conv,opacity:input)')
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ def background(decay: float = 1.5, std: float = 0.2) -> RandomBackground:
     return RandomBackground(decay=float(decay), std=float(std))
 
 
-@objectives._pytree
+@objectives.objective_class
 class Opacity(objectives.Objective):
     """Mean alpha of the picture (layer ``"input"``, RGBA): subtract it to push towards
     transparency."""
@@ -196,9 +198,74 @@ class Opacity(objectives.Objective):
 
 def opacity() -> Opacity:
     """The picture's mean alpha, in [0, 1]: ``objective - w * opacity()`` makes each unit
-    of mean opacity cost ``w`` of the objective.
+    of mean opacity cost ``w`` of the objective, an absolute price (:func:`priced` makes it
+    relative to each unit's own value).
 
     >>> float(opacity()({"input": jnp.full((2, 2, 4), 0.25)}))
     0.25
     """
     return Opacity()
+
+
+@objectives.objective_class
+class Priced(objectives.Objective):
+    """``v - weight * |v| * mean alpha``, ``v`` the inner ``objective``'s value: opacity
+    costs each unit a fraction of its own value. ``weight`` is a leaf (a new weight does not
+    retrace); everything else is the inner objective's."""
+
+    objective: objectives.Objective
+    weight: Array
+
+    def __call__(self, activations: Mapping[str, Array]) -> Array:
+        value = self.objective(activations)
+        return value - self.weight * jnp.abs(value) * Opacity()(activations)
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.objective.batch_size
+
+    def vmap_axes(self) -> objectives.Objective:
+        return Priced(objective=self.objective.vmap_axes(), weight=None)
+
+    def take(self, index: Any) -> objectives.Objective:
+        return Priced(objective=self.objective.take(index), weight=self.weight)
+
+    @property
+    def layers(self) -> frozenset[str]:
+        return self.objective.layers | {INPUT}
+
+    @property
+    def label(self) -> str:
+        return f"priced({self.objective.label},opacity:{INPUT})"
+
+    @property
+    def layer(self) -> str:
+        return self.objective.layer
+
+    def unit_ids(self) -> np.ndarray:
+        return self.objective.unit_ids()
+
+    def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.objective.validate(shapes)
+        Opacity().validate(shapes)
+
+
+def priced(objective: objectives.Objective, weight: float = 1.0) -> Priced:
+    """``objective`` with a price on opacity relative to its own value ``v``:
+    ``v - weight * |v| * mean alpha``. For ``v > 0`` that is Lucid's ``v * (1 - weight *
+    mean alpha)`` (``weight = 1``: Lucid's), so a fully opaque picture costs each unit
+    ``weight`` of its own activation, a weak unit no more than a strong one; for ``v < 0``
+    opacity still costs.
+
+    >>> objective = priced(objectives.channel("block3/conv", range(8)), 0.5)
+    >>> objective.batch_size, sorted(objective.layers)
+    (8, ['block3/conv', 'input'])
+    >>> a = {"input": jnp.full((2, 2, 4), 0.5), "x": jnp.full((1, 1, 2), -4.0)}
+    >>> float(priced(objectives.channel("x", [1]).take(0), 0.5)(a))
+    -5.0
+    """
+    if not isinstance(objective, objectives.Objective):
+        raise ArgumentError(f"alpha.priced() takes an objective, got {type(objective).__name__}")
+    if isinstance(weight, bool) or not isinstance(weight, int | float | np.number) or weight < 0:
+        raise ArgumentError(f"alpha.priced() weight must be a number >= 0, got {weight!r}")
+    return Priced(objective=objective, weight=jnp.asarray(weight, jnp.float32))

@@ -48,7 +48,7 @@ from fvjax.rendering import maco
 from fvjax.rendering import objectives as objectives_lib
 from fvjax.rendering import transforms as transforms_lib
 from fvjax.rendering.engine import RenderResult, render
-from fvjax.rendering.objectives import Objective, _pytree
+from fvjax.rendering.objectives import Objective, objective_class
 
 Array = jax.Array
 
@@ -77,7 +77,7 @@ def _flat(x: Array) -> Array:
     return x.reshape(-1)
 
 
-@_pytree
+@objective_class
 class Match(Objective):
     """Relative squared distance ``|a - t|^2 / |t|^2`` of ``layer``'s activations ``a`` to a
     member's ``targets`` ``t`` (Mahendran & Vedaldi's normalized loss): 0 when they match,
@@ -96,7 +96,7 @@ class Match(Objective):
         _check_targets(self.layer, self.targets, shapes)
 
 
-@_pytree
+@objective_class
 class Caricature(Objective):
     """``(a.t / |t|^2) * max(cos(a, t), 0.1) ** power``: how far ``layer``'s activations go
     along a member's ``targets``, times a power of their cosine (floored at 0.1, as Lucid
@@ -119,7 +119,7 @@ class Caricature(Objective):
         _check_targets(self.layer, self.targets, shapes)
 
 
-@_pytree
+@objective_class
 class Paired(Objective):
     """``objective`` whose members are (unit, image) pairs: the same values, but a member's
     random key comes from its pair id (``image << PAIR_BITS | unit``), not from its unit

@@ -36,8 +36,9 @@ Array = jax.Array
 CENTRE = -1
 
 
-def _pytree(cls: type) -> type:
-    """Register a frozen dataclass as a pytree: ``_static`` fields are structure, rest leaves."""
+def objective_class(cls: type) -> type:
+    """Make a subclass of :class:`Objective` a frozen dataclass registered as a pytree:
+    ``_static`` fields are structure, the rest leaves (how every objective here is defined)."""
     cls = dataclasses.dataclass(frozen=True)(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     meta = [f for f in fields if f in cls._static]
@@ -199,7 +200,7 @@ def _spatial_mean(act: Array) -> Array:
     return act.reshape(-1, act.shape[-1]).mean(axis=0)
 
 
-@_pytree
+@objective_class
 class Channel(Objective):
     """Mean activation of channel ``units`` over all positions."""
 
@@ -218,7 +219,7 @@ class Channel(Objective):
         _check_units(self.layer, self.units, layer_shape(shapes, self.layer))
 
 
-@_pytree
+@objective_class
 class Neuron(Objective):
     """Activation of channel ``units`` at one position ``(y, x)``, or of a dense unit."""
 
@@ -239,7 +240,7 @@ class Neuron(Objective):
         _check_units(self.layer, self.units, _checked_position(self, shapes))
 
 
-@_pytree
+@objective_class
 class Direction(Objective):
     """Mean over positions of the dot product of the activation vector with ``vectors``."""
 
@@ -255,7 +256,7 @@ class Direction(Objective):
         _check_width(self.layer, self.vectors, layer_shape(shapes, self.layer))
 
 
-@_pytree
+@objective_class
 class NeuronDirection(Objective):
     """Dot product of the activation vector at ``(y, x)`` with ``vectors``."""
 
@@ -281,7 +282,7 @@ def _check_width(layer: str, vectors: Array, shape: tuple[int, ...]) -> None:
         )
 
 
-@_pytree
+@objective_class
 class LayerEnergy(Objective):
     """Mean squared activation of a whole layer (DeepDream)."""
 
@@ -292,7 +293,7 @@ class LayerEnergy(Objective):
         return jnp.mean(activations[self.layer] ** 2)
 
 
-@_pytree
+@objective_class
 class TotalVariation(Objective):
     """Mean absolute difference between neighbouring pixels of the picture."""
 
@@ -306,7 +307,7 @@ class TotalVariation(Objective):
         return dx + dy
 
 
-@_pytree
+@objective_class
 class Norm(Objective):
     """Mean ``|picture - constant| ** power`` (L1 for power 1, squared L2 for power 2)."""
 
@@ -319,7 +320,7 @@ class Norm(Objective):
         return jnp.mean(jnp.abs(activations[self.layer] - self.constant) ** self.power)
 
 
-@_pytree
+@objective_class
 class Blur(Objective):
     """Mean squared distance of the picture to its own blur (penalises high frequencies)."""
 
@@ -335,7 +336,7 @@ class Blur(Objective):
         return jnp.mean((image - jax.lax.stop_gradient(blurred)) ** 2)
 
 
-@_pytree
+@objective_class
 class Sum(Objective):
     """A weighted sum of objectives; weights are leaves, so changing them does not retrace."""
 
