@@ -151,40 +151,36 @@ def inversion_picture() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return _grid(rows, scale=2), figures
 
 
+def _save(out: Path, name: str, picture: np.ndarray, **figures: np.ndarray) -> None:
+    """Write ``out/name`` and print the figures measured with it."""
+    (out / name).write_bytes(png_bytes(picture))
+    print(name)
+    for what, values in figures.items():
+        print(f"  {what}: {np.round(np.asarray(values, np.float64), 3).tolist()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs", help="folder for the PNGs (default docs)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    units = "block3/conv units 1, 5, 8, 9"
     picture, fractions = redirect_picture()
-    (out / "redirect-relu.png").write_bytes(png_bytes(picture))
-    print("fraction of the optimum, without / with redirect_relu=16:")
-    print(np.round(fractions, 3))
+    _save(out, "redirect-relu.png", picture, **{"fraction of the optimum, without / with "
+                                                "redirect_relu=16": fractions})  # fmt: skip
     picture, values = maco_picture()
-    (out / "maco.png").write_bytes(png_bytes(picture))
-    print("block3/conv units 1, 5, 8, 9, default / MACO:")
-    print(np.round(values, 2))
+    _save(out, "maco.png", picture, **{f"{units}, default / MACO": values})
     pyramid = dict(param=fvjax.param.laplacian(), transforms=fvjax.transforms.standard(0.5))
     picture, values = maco_picture(pyramid)
-    (out / "laplacian.png").write_bytes(png_bytes(picture))
-    print("block3/conv units 1, 5, 8, 9, default / Laplacian pyramid:")
-    print(np.round(values, 2))
+    _save(out, "laplacian.png", picture, **{f"{units}, default / Laplacian pyramid": values})
     picture, values = cppn_picture()
-    (out / "cppn.png").write_bytes(png_bytes(picture))
-    print("block3/conv units 1, 5, 8, 9, default / CPPN:")
-    print(np.round(values, 2))
+    _save(out, "cppn.png", picture, **{f"{units}, default / CPPN": values})
     picture, values, alphas = alpha_picture()
-    (out / "alpha.png").write_bytes(png_bytes(picture))
-    print(f"block3/conv units 1, 5, 8, 9, default / alpha at opacity {OPACITY_WEIGHTS}:")
-    print(np.round(values, 2))
-    print("mean alpha:")
-    print(np.round(alphas, 3))
-
+    what = f"{units}, default / alpha at opacity {OPACITY_WEIGHTS}"
+    _save(out, "alpha.png", picture, **{what: values, "mean alpha": alphas})
     picture, figures = inversion_picture()
-    (out / "inversion.png").write_bytes(png_bytes(picture))
-    for name, values in figures.items():
-        print(f"{name}: {np.round(values, 3).tolist()}")
+    _save(out, "inversion.png", picture, **figures)
 
 
 if __name__ == "__main__":
