@@ -208,6 +208,9 @@ def test_an_inversion_job_writes_a_row_per_natural_image_named_after_it(inverted
     assert np.abs(saved - world_dataset(1, 2, SIZE).images(range(2))).max() <= 0.5 / 255 + 1e-6
     page = (out / layer["slug"] / "index.html").read_text()
     assert '<img src="../natural/image0001.png"' in page and "world image 1" in page
+    first = manifest["images"][0]  # each caption: how near its map came, not the objective
+    assert f"err {first['error']:.3f}, cos {first['cosine']:.3f}</figcaption>" in page
+    assert "relative error, cosine" in page
     assert procedure.read_ledger(out)[0]["units"] == {"block3/conv": [0, 1]}
 
 

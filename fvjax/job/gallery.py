@@ -315,6 +315,22 @@ def _degenerate_attributes(image: Mapping[str, Any]) -> str:
     return f' class="degenerate" title="degenerate: {html.escape(reason)}"' if reason else ""
 
 
+def _caption_figure(image: Mapping[str, Any]) -> str:
+    """What a tile's caption says of a picture: its objective's value, or for a picture held
+    to a natural image (inversion, caricature) how near its map came: error and cosine."""
+    if "error" in image:
+        return f"err {image['error']:.3f}, cos {image['cosine']:.3f}"
+    return _number(image["activation"])
+
+
+def _captions_line(images: Sequence[Mapping[str, Any]]) -> str:
+    if images and "error" in images[0]:
+        return (
+            "<p>Each caption is the picture's map against its image's: relative error, cosine.</p>"
+        )
+    return "<p>Each caption is the objective's value on the final picture (higher is stronger).</p>"
+
+
 def _degenerate_line(images: Sequence[Mapping[str, Any]]) -> str:
     bad = sum("degenerate" in image for image in images)
     if not bad:
@@ -365,7 +381,7 @@ def layer_page(
         figures = "".join(
             f'<figure{_degenerate_attributes(m)}><img src="{_href(m["file"].removeprefix(prefix))}"'
             f' width="{width}" height="{height}" loading="lazy" alt="unit {unit} seed {m["seed"]}">'
-            f"<figcaption>seed {m['seed']} &middot; {_number(m['activation'])}"
+            f"<figcaption>seed {m['seed']} &middot; {_caption_figure(m)}"
             f"{'<b> degenerate</b>' if 'degenerate' in m else ''}</figcaption></figure>"
             for m in members
         )
@@ -424,8 +440,8 @@ def layer_page(
         f"activations {html.escape(shape)} &middot; {len(by_unit)} unit(s) x {n_seeds} seed(s) "
         f"&middot; {width}x{height} px &middot; "
         f'<a href="{GRID}">grid.png</a></p>\n'
-        "<p>Each caption is the objective's value on the final picture (higher is stronger).</p>"
-        f"{_degenerate_line(images)}{procedure_html(procedure, '../')}{views}"
+        f"{_captions_line(images)}{_degenerate_line(images)}{procedure_html(procedure, '../')}"
+        f"{views}"
     )
     if not tiles:
         body = f"<p>No unit in this view ({html.escape(view_title)}).</p>"
