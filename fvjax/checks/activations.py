@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 
-import jax
 import numpy as np
 
-from fvjax.models.adapters import Model
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _selected_activations(apply, layers: tuple[str, ...], params, images):
-    activations = apply(params, images)
-    return {name: activations[name] for name in layers}
+from fvjax.models.adapters import Model, selected_activations
 
 
 def stream_activations(
@@ -43,5 +35,5 @@ def stream_activations(
             for name in layers:
                 model.check_layer(name, images.shape[1:3])
             checked = True
-        out = _selected_activations(model.apply, layers, model.params, images)
+        out = selected_activations(model.apply, layers, model.params, images)
         yield {name: np.asarray(value) for name, value in out.items()}

@@ -14,6 +14,7 @@ address layers by module path (``"block3/conv"``), the model's code untouched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -93,6 +94,20 @@ class Model:
     def check_layer(self, layer: str, size: int | tuple[int, int]) -> tuple[int, ...]:
         """The shape of ``layer`` at ``size``; a clear error naming the known layers if absent."""
         return layer_shape(self.layer_shapes(size), layer)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def selected_activations(apply: Any, layers: tuple[str, ...], params: Any, images: Array) -> dict:
+    """``{layer: (B, ...)}`` of ``apply(params, images)``, only ``layers``: one compiled
+    program per ``(apply, layers)``, the weights an argument (what the dataset pass and the
+    natural images' maps read).
+
+    >>> model = from_fn(lambda x: {"rgb": x, "mean": x.mean(axis=(1, 2))})
+    >>> sorted(selected_activations(model.apply, ("mean",), model.params, jnp.zeros((2, 4, 4, 3))))
+    ['mean']
+    """
+    activations = apply(params, images)
+    return {name: activations[name] for name in layers}
 
 
 def layer_shape(shapes: Mapping[str, tuple[int, ...]], layer: str) -> tuple[int, ...]:

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fvjax.errors import ArgumentError
-from fvjax.models.adapters import INPUT, Model, layer_shape
+from fvjax.models.adapters import INPUT, Model, layer_shape, selected_activations
 from fvjax.rendering import maco
 from fvjax.rendering import objectives as objectives_lib
 from fvjax.rendering import transforms as transforms_lib
@@ -222,14 +222,6 @@ def pair_ids(units: Any, n_images: int) -> np.ndarray:
 # -- what the natural images say ------------------------------------------------------------
 
 
-def _forward(apply: Any, params: Any, images: Array, layers: tuple[str, ...]) -> dict:
-    out = apply(params, images)
-    return {name: out[name] for name in layers}
-
-
-_forward_jit = jax.jit(_forward, static_argnums=(0, 3))
-
-
 def layer_activations(model: Model, images: Any, layers: Iterable[str]) -> dict[str, np.ndarray]:
     """``{layer: (N, ...)}`` of ``images (N, H, W, 3)``, ``_MEASURE_BATCH`` at a time
     (:data:`~fvjax.models.adapters.INPUT`: the images themselves).
@@ -245,7 +237,7 @@ def layer_activations(model: Model, images: Any, layers: Iterable[str]) -> dict[
     parts: dict[str, list[np.ndarray]] = {name: [] for name in model_layers}
     for first in range(0, len(images), _MEASURE_BATCH):
         batch = jnp.asarray(images[first : first + _MEASURE_BATCH])
-        out = _forward_jit(model.apply, model.params, batch, model_layers)
+        out = selected_activations(model.apply, model_layers, model.params, batch)
         for name in model_layers:
             parts[name].append(np.asarray(out[name], np.float32))
     found = {name: np.concatenate(values) for name, values in parts.items()}
