@@ -96,10 +96,7 @@ class Alpha:
 
     def opacity_map(self, spectrum: Array, size: tuple[int, int]) -> Array:
         """``(H, W)`` alpha in [0, 1] of the raw alpha ``spectrum``."""
-        scale = jnp.asarray(param_lib.spectrum_scale(size, self.decay))
-        logits = jnp.fft.irfft2(
-            jax.lax.complex(spectrum[0] * scale, spectrum[1] * scale), s=size, norm="ortho"
-        )
+        logits = param_lib.spectrum_signal(spectrum, size, self.decay)
         return jax.nn.sigmoid(logits / 4.0)  # /4: the colour channels' scale (Fourier)
 
     def to_image(self, raw: tuple[Any, Array], size: tuple[int, int]) -> Array:
@@ -121,9 +118,7 @@ class Alpha:
         edge = param_lib.EDGE
         clipped = jnp.clip(alpha, edge, 1.0 - edge)
         logits = (jnp.log(clipped) - jnp.log1p(-clipped)) * 4.0
-        spectrum = jnp.fft.rfft2(logits, s=size, norm="ortho")
-        scale = jnp.asarray(param_lib.spectrum_scale(size, self.decay))
-        raw_alpha = jnp.stack([spectrum.real / scale, spectrum.imag / scale]).astype(jnp.float32)
+        raw_alpha = param_lib.signal_spectrum(logits, size, self.decay)
         return self.base.from_image(image[..., :3], size), raw_alpha
 
 

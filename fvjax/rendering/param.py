@@ -163,6 +163,31 @@ def spectrum_scale(size: tuple[int, int], decay: float) -> np.ndarray:
     return (1.0 / np.maximum(freq, 1.0 / max(height, width)) ** decay).astype(np.float32)
 
 
+def spectrum_signal(raw: Array, size: tuple[int, int], decay: float) -> Array:
+    """``(..., H, W)``: the signal whose half spectrum is ``raw (2, ..., H, W // 2 + 1)`` (real
+    and imaginary parts) scaled by :func:`spectrum_scale`, what every Fourier picture is.
+    ``norm="ortho"`` keeps the pixel scale independent of the image size.
+
+    >>> spectrum_signal(jnp.zeros((2, 3, 8, 5)), (8, 8), 1.0).shape
+    (3, 8, 8)
+    """
+    scale = jnp.asarray(spectrum_scale(size, decay))
+    return jnp.fft.irfft2(jax.lax.complex(raw[0] * scale, raw[1] * scale), s=size, norm="ortho")
+
+
+def signal_spectrum(signal: Array, size: tuple[int, int], decay: float) -> Array:
+    """The inverse of :func:`spectrum_signal`: ``irfft2`` inverts ``rfft2`` on real input, and
+    the 1/f scale is never 0.
+
+    >>> x = jnp.arange(64.0).reshape(8, 8)
+    >>> bool(jnp.allclose(spectrum_signal(signal_spectrum(x, (8, 8), 1.0), (8, 8), 1.0), x))
+    True
+    """
+    spectrum = jnp.fft.rfft2(signal, s=size, norm="ortho")
+    scale = jnp.asarray(spectrum_scale(size, decay))
+    return jnp.stack([spectrum.real / scale, spectrum.imag / scale]).astype(jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Fourier:
     """Variables are the image's 2D spectrum, scaled by ``1/f ** decay`` so that every
@@ -184,10 +209,7 @@ class Fourier:
 
     def to_image(self, raw: Array, size: tuple[int, int]) -> Array:
         """``(H, W, 3)`` in [0, 1]."""
-        scale = jnp.asarray(spectrum_scale(size, self.decay))
-        spectrum = jax.lax.complex(raw[0] * scale, raw[1] * scale)
-        # norm="ortho" keeps the pixel scale independent of the image size.
-        image = jnp.fft.irfft2(spectrum, s=size, norm="ortho")
+        image = spectrum_signal(raw, size, self.decay)
         return to_rgb(jnp.moveaxis(image, 0, -1) / 4.0, self.decorrelate, self.output)
 
     def from_image(self, image: Array, size: tuple[int, int]) -> Array:
@@ -195,9 +217,7 @@ class Fourier:
         moved inside with a sigmoid output): ``irfft2`` inverts ``rfft2`` on real input, and
         the 1/f scale is never 0."""
         x = jnp.moveaxis(from_rgb(image, self.decorrelate, self.output) * 4.0, -1, 0)
-        spectrum = jnp.fft.rfft2(x, s=size, norm="ortho")
-        scale = jnp.asarray(spectrum_scale(size, self.decay))
-        return jnp.stack([spectrum.real / scale, spectrum.imag / scale]).astype(jnp.float32)
+        return signal_spectrum(x, size, self.decay)
 
 
 @dataclasses.dataclass(frozen=True)
