@@ -16,6 +16,9 @@ The names most code needs are here, flat:
 ...                       size=16, transforms=fvjax.transforms.identity())
 >>> result.images.shape
 (2, 2, 16, 16, 3)
+
+``import fvjax`` asks XLA for deterministic GPU programs when no JAX backend has started yet and
+``XLA_FLAGS`` does not say otherwise (:mod:`fvjax.rendering.determinism`).
 """
 
 from fvjax import checks, data, errors, job, models, rendering
@@ -30,9 +33,11 @@ from fvjax.errors import (
 )
 from fvjax.files import FVJAX_VERSION as __version__
 from fvjax.models import Model, from_fn, from_linen, from_nnx, zoo
-from fvjax.rendering import alpha, cppn, inversion, maco, objectives, param, transforms
+from fvjax.rendering import alpha, cppn, determinism, inversion, maco, objectives, param, transforms
 from fvjax.rendering.engine import RenderResult, render, render_layer
 from fvjax.rendering.seeds import Diversity, Guide
+
+determinism.default_request()  # no import above starts a backend (tested)
 
 __all__ = [
     "ConfigError",
@@ -50,6 +55,7 @@ __all__ = [
     "checks",
     "cppn",
     "data",
+    "determinism",
     "errors",
     "from_fn",
     "from_linen",

@@ -13,8 +13,8 @@ def test_defaults_are_valid_and_resolve_to_every_key():
         "model", "layers", "units", "objective", "seeds", "steps", "size", "batch_size",
         "steps_per_call", "param", "transforms", "optimizer", "output", "progress",
         "checkpoint", "checkpoint_every", "devices", "weights", "shard", "distributed",
-        "model_dtype", "remat", "redirect_relu", "diversity", "checks", "facets", "natural",
-        "atlas",
+        "deterministic", "model_dtype", "remat", "redirect_relu", "diversity", "checks", "facets",
+        "natural", "atlas",
     }  # fmt: skip
     assert data["param"] == {"kind": "fourier", "decorrelate": True, "decay": 1.0,
                              "output": "sigmoid", "levels": 4, "spectrum": "",

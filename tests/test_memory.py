@@ -156,7 +156,9 @@ def test_convs_remat_needs_no_blocks_even_in_nnx():
     model = fvjax.from_nnx(NnxNet(nnx.Rngs(0)))
     objective = O.channel("stages/0", [0, 1])
     kept = {m: _per_picture(model, objective, size=16, remat=m) for m in ("none", "convs")}
-    assert kept["convs"] < 0.5 * kept["none"]
+    # Less, not much less: so small a network keeps little, and the picture pipeline keeps 6
+    # floats a pixel since the resampling's backward became a gather (60 before).
+    assert kept["convs"] < 0.9 * kept["none"]
     plain, lean = (fvjax.render(model, objective, steps=4, size=16, remat=m)
                    for m in ("none", "convs"))  # fmt: skip
     np.testing.assert_allclose(lean.images, plain.images, atol=1e-5)

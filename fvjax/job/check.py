@@ -57,7 +57,7 @@ from fvjax.job.plan import (
 )
 from fvjax.models.adapters import Model
 from fvjax.progress import Progress
-from fvjax.rendering import alpha
+from fvjax.rendering import alpha, determinism
 from fvjax.rendering.engine import RenderPlan, plan_render, run_plan
 from fvjax.rendering.seeds import Guide
 
@@ -398,6 +398,7 @@ def check(
     its own in the output's ledger (:mod:`fvjax.job.procedure`)."""
     stream = stream if stream is not None else sys.stderr
     start = time.perf_counter()
+    determinism.request(config.deterministic)  # before anything touches a JAX backend
     c = config.checks
     if config.objective not in SCORE_OF_OBJECTIVE:  # pictures held to natural images
         raise ConfigError(

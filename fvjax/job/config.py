@@ -123,6 +123,12 @@ class Config(keys.Checked):
         "join a multi-host job with jax.distributed.initialize() first",
         role="placement",
     )
+    deterministic: bool = keys.key(
+        keys.boolean,
+        True,
+        "the same pictures bit for bit on every run, GPUs too (XLA's deterministic ops)",
+        role="placement",
+    )
     param: ParamConfig = keys.section(ParamConfig)
     transforms: TransformsConfig = keys.section(TransformsConfig)
     optimizer: OptimizerConfig = keys.section(OptimizerConfig)
@@ -312,8 +318,8 @@ def identity(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     holds another identity's pictures is noted. Takes a config or its :func:`to_dict`.
 
     >>> sorted(set(to_dict(Config())) - set(identity(Config())))  # doctest: +NORMALIZE_WHITESPACE
-    ['atlas', 'checkpoint', 'checkpoint_every', 'checks', 'distributed', 'facets', 'output',
-     'progress', 'shard']
+    ['atlas', 'checkpoint', 'checkpoint_every', 'checks', 'deterministic', 'distributed',
+     'facets', 'output', 'progress', 'shard']
     """
     return with_roles(config, ("pictures",))
 

@@ -45,6 +45,7 @@ from PIL import Image
 from fvjax.data.images import png_bytes, to_uint8
 from fvjax.files import atomic_write, backend, make_directory, versions
 from fvjax.job.gallery import GRID, INDEX, MANIFEST, index_page, layer_page
+from fvjax.rendering import determinism
 from fvjax.rendering.engine import RenderResult
 
 FORMAT = "fvjax-render/1"
@@ -288,6 +289,7 @@ class RenderOutput:
             "config_sha256": self.config_sha256,
             "versions": versions(),
             "backend": backend(),
+            "determinism": determinism.status(),
             "timings": {
                 **{k: round(v, 4) for k, v in self.timings.items()},
                 "total_seconds": round(time.perf_counter() - self._start, 4),

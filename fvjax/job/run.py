@@ -25,6 +25,7 @@ from fvjax.job.check import check
 from fvjax.job.outputs import RenderOutput, read_manifest
 from fvjax.job.plan import JobPlan, build_plan
 from fvjax.progress import Progress
+from fvjax.rendering import determinism
 from fvjax.rendering import inversion as inversion_lib
 from fvjax.rendering.engine import run_plan
 
@@ -48,8 +49,9 @@ def run(
     """
     start = time.perf_counter()
     stream = stream if stream is not None else sys.stderr
+    determinism.request(config.deterministic)  # before anything touches a JAX backend
     if config.distributed:
-        shards.initialize_distributed()  # before anything touches a JAX backend
+        shards.initialize_distributed()
     plan = build_plan(config)
     previous = _previous_manifest(plan.output)
     _note_other_job(plan, previous, stream)

@@ -13,12 +13,14 @@
 - :mod:`~fvjax.rendering.inversion`: pictures held to natural images (feature inversion,
   caricatures, feature accentuation);
 - :mod:`~fvjax.rendering.resume`: the checkpoints a killed render resumes from;
-- :mod:`~fvjax.rendering.cost`: what a step costs, compiled but not run (for benchmarks).
+- :mod:`~fvjax.rendering.cost`: what a step costs, compiled but not run (for benchmarks);
+- :mod:`~fvjax.rendering.determinism`: the same pictures on every run, GPUs included.
 """
 
 from fvjax.rendering import (
     alpha,
     cppn,
+    determinism,
     inversion,
     maco,
     objectives,
@@ -41,6 +43,7 @@ __all__ = [
     "RenderResult",
     "alpha",
     "cppn",
+    "determinism",
     "inversion",
     "maco",
     "objectives",

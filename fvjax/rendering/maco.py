@@ -216,14 +216,18 @@ class Maco:
         """``(3, H, W)`` the picture before its normalization: ``|rfft2|`` of it is the
         magnitude at every frequency but the mean (``M_0 cos(raw_0)``)."""
         magnitude = jnp.asarray(self.magnitude(size))
-        flip = (-np.arange(size[0])) % size[0]
         columns = np.asarray(_self_paired_columns(size))
         # Odd in the rows of self-paired columns: the spectrum of a real picture, so irfft2
         # keeps every magnitude (a self-paired frequency gets phase 0).
-        odd = (raw[:, :, columns] - raw[:, flip][:, :, columns]) / 2.0
-        phase = raw.at[:, :, columns].set(odd)
+        mirrored = jnp.roll(raw[:, ::-1], 1, axis=1)  # row -i mod H, a copy, not a gather
+        # Selects with fixed masks, not scatters (see transforms.resample on scatters).
+        paired = np.zeros(raw.shape[1:], bool)
+        paired[:, columns] = True
+        phase = jnp.where(paired, (raw - mirrored) / 2.0, raw)
         real, imag = magnitude * jnp.cos(phase), magnitude * jnp.sin(phase)
-        real = real.at[:, 0, 0].set(magnitude[:, 0, 0] * jnp.cos(raw[:, 0, 0]))
+        mean = np.zeros(raw.shape[1:], bool)
+        mean[0, 0] = True
+        real = jnp.where(mean, magnitude * jnp.cos(raw), real)
         return jnp.fft.irfft2(jax.lax.complex(real, imag), s=size, norm="ortho")
 
     def to_image(self, raw: Array, size: tuple[int, int]) -> Array:

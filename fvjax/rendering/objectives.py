@@ -80,11 +80,8 @@ class Objective:
         )
 
     def _map_leaves(self, fn: Any) -> Objective:
-        leaves = {
-            f.name: fn(f.name, getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if f.name not in self._static
-        }
+        names = [f.name for f in dataclasses.fields(self) if f.name not in self._static]
+        leaves = {name: fn(name, getattr(self, name)) for name in names}
         return dataclasses.replace(self, **leaves)
 
     # -- description and checks ---------------------------------------------------------------
@@ -104,11 +101,8 @@ class Objective:
         return np.arange(self.batch_size or 1)
 
     def validate(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        """Check the layer (and, in subclasses, units, positions, widths) against
-        ``{layer: shape}`` on the host.
-
-        Under jit JAX clamps out-of-range indices silently, so this must run before tracing.
-        """
+        """Check the layer (and, in subclasses, units, positions, widths) against ``{layer:
+        shape}`` on the host: under jit JAX clamps out-of-range indices silently."""
         layer_shape(shapes, self.layer)
 
     # -- algebra --------------------------------------------------------------------------------
@@ -190,10 +184,17 @@ def _at(act: Array, x: Array, y: Array) -> Array:
     """The ``(C,)`` vector at ``(y, x)`` of an ``(H, W, C)`` map (centre where ``-1``)."""
     if act.ndim == 1:
         return act
-    height, width = act.shape[0], act.shape[1]
-    x = jnp.where(x == CENTRE, width // 2, x)
-    y = jnp.where(y == CENTRE, height // 2, y)
-    return act[y, x]
+    x = jnp.where(x == CENTRE, act.shape[1] // 2, x)
+    y = jnp.where(y == CENTRE, act.shape[0] // 2, y)
+    row = _pick(jnp.moveaxis(act, 0, -1), y)  # (W, C): selects, not gathers (see _pick)
+    return _pick(jnp.moveaxis(row, 0, -1), x)
+
+
+def _pick(values: Array, index: Array) -> Array:
+    """``values[..., index]`` as a select, exact: a gather's gradient is a scatter-add, whose
+    additions GPUs order differently each run (:mod:`fvjax.rendering.determinism`)."""
+    chosen = jnp.arange(values.shape[-1]) == jnp.asarray(index)[..., None]
+    return jnp.where(chosen, values, 0.0).sum(-1)
 
 
 def _spatial_mean(act: Array) -> Array:
@@ -210,7 +211,7 @@ class Channel(Objective):
     _batched = ("units",)
 
     def __call__(self, activations: Mapping[str, Array]) -> Array:
-        return _spatial_mean(activations[self.layer])[self.units]
+        return _pick(_spatial_mean(activations[self.layer]), self.units)
 
     def unit_ids(self) -> np.ndarray:
         return np.asarray(self.units)
@@ -231,7 +232,7 @@ class Neuron(Objective):
     _batched = ("units", "x", "y")
 
     def __call__(self, activations: Mapping[str, Array]) -> Array:
-        return _at(activations[self.layer], self.x, self.y)[self.units]
+        return _pick(_at(activations[self.layer], self.x, self.y), self.units)
 
     def unit_ids(self) -> np.ndarray:
         return np.asarray(self.units)

@@ -233,8 +233,8 @@ def _objective_values(
         return images, jax.vmap(setup.transform)(step_keys, images)
 
     if setup.remat != "none":
-        # The transforms' resampling keeps ~60 floats per pixel for its backward pass (more
-        # than InceptionV1's stem does): recompute the whole picture pipeline, which is cheap.
+        # The picture pipeline keeps 6 floats a pixel for its backward pass (the resampling's
+        # input and the parameterization's output): recompute it, which is cheap.
         pictures = jax.checkpoint(pictures)
     images, inputs = pictures(raw)
     wanted = set(objective.layers) | set(_coupled_layers(setup))

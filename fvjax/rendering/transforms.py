@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,27 +49,210 @@ class Jitter:
     def __call__(self, key: Array, image: Array) -> Array:
         height, width = image.shape[0] - self.pixels, image.shape[1] - self.pixels
         dy, dx = jax.random.randint(key, (2,), 0, self.pixels + 1)
-        return jax.lax.dynamic_slice(image, (dy, dx, 0), (height, width, image.shape[2]))
+        return _crop(image, dy, dx, (height, width))
 
 
-def _warp(image: Array, matrix: Array) -> Array:
-    """Resample ``image`` at ``matrix @ (y, x)`` about its centre, bilinear, edges repeated."""
-    height, width = image.shape[0], image.shape[1]
-    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
-    ys, xs = jnp.meshgrid(
-        jnp.arange(height, dtype=jnp.float32) - cy,
-        jnp.arange(width, dtype=jnp.float32) - cx,
+def _crop_forward(image: Array, dy: Array, dx: Array, size: tuple[int, int]) -> Array:
+    return jax.lax.dynamic_slice(image, (dy, dx, 0), (*size, image.shape[2]))
+
+
+_crop = jax.custom_vjp(_crop_forward, nondiff_argnums=(3,))
+
+
+def _crop_fwd(image: Array, dy: Array, dx: Array, size: tuple[int, int]):
+    return _crop_forward(image, dy, dx, size), (image.shape, dy, dx)
+
+
+def _crop_bwd(size: tuple[int, int], residuals: Any, grad: Array):
+    """The crop's transpose as a crop of the padded gradient: a ``vmap``ped crop is a gather,
+    whose autodiff transpose would be a scatter-add (see :func:`resample`)."""
+    shape, dy, dx = residuals
+    rows, cols = shape[0] - size[0], shape[1] - size[1]
+    framed = jnp.pad(grad, ((rows, rows), (cols, cols), (0, 0)))
+    return jax.lax.dynamic_slice(framed, (rows - dy, cols - dx, 0), shape), None, None
+
+
+_crop.defvjp(_crop_fwd, _crop_bwd)
+
+
+def _grid(size: tuple[int, int]) -> tuple[Array, Array]:
+    """Each output pixel's ``(row, col)`` as floats, ``(H, W)`` each."""
+    return jnp.meshgrid(
+        jnp.arange(size[0], dtype=jnp.float32),
+        jnp.arange(size[1], dtype=jnp.float32),
         indexing="ij",
     )
-    src = jnp.einsum("ij,jhw->ihw", matrix, jnp.stack([ys, xs]))
-    coords = [src[0] + cy, src[1] + cx]
-    return jnp.stack(
-        [
-            jax.scipy.ndimage.map_coordinates(image[..., c], coords, order=1, mode="nearest")
-            for c in range(image.shape[2])
-        ],
-        axis=-1,
+
+
+def _source(matrix: Array, offset: Array, size: tuple[int, int]) -> tuple[Array, Array]:
+    """Where each output pixel reads: ``matrix @ (row, col) + offset``, ``(H, W)`` each."""
+    ys, xs = _grid(size)
+    return (
+        matrix[0, 0] * ys + matrix[0, 1] * xs + offset[0],
+        matrix[1, 0] * ys + matrix[1, 1] * xs + offset[1],
     )
+
+
+def _corners(image: Array, sy: Array, sx: Array, cval: float) -> tuple[Array, ...]:
+    """The four pixels around each reading point (``cval`` outside) and the point's place
+    between them."""
+    height, width = image.shape[0], image.shape[1]
+    framed = jnp.pad(image, ((1, 1), (1, 1), (0, 0)), constant_values=cval)
+    y0, x0 = jnp.floor(sy), jnp.floor(sx)
+    # Indices into the framed image: anything outside lands on its cval frame.
+    rows = [jnp.clip(y0 + k, -1, height).astype(jnp.int32) + 1 for k in (0, 1)]
+    cols = [jnp.clip(x0 + k, -1, width).astype(jnp.int32) + 1 for k in (0, 1)]
+    top_left, top_right = framed[rows[0], cols[0]], framed[rows[0], cols[1]]
+    bottom_left, bottom_right = framed[rows[1], cols[0]], framed[rows[1], cols[1]]
+    return (
+        top_left,
+        top_right,
+        bottom_left,
+        bottom_right,
+        (sy - y0)[..., None],
+        (sx - x0)[..., None],
+    )
+
+
+def _bilinear(image, matrix, offset, size, cval, reach):
+    top_left, top_right, bottom_left, bottom_right, fy, fx = _corners(
+        image, *_source(matrix, offset, size), cval
+    )
+    top = top_left + fx * (top_right - top_left)
+    bottom = bottom_left + fx * (bottom_right - bottom_left)
+    return top + fy * (bottom - top)
+
+
+def _bilinear_fwd(image, matrix, offset, size, cval, reach):
+    out = _bilinear(image.value, matrix.value, offset.value, size, cval, reach)
+    moved = matrix.perturbed or offset.perturbed  # the draw itself differentiated: rare
+    return out, (image.value, matrix.value, offset.value, moved)
+
+
+def _image_cotangent(grad: Array, matrix: Array, offset: Array, shape: tuple, reach: float):
+    """The bilinear resampling's transpose as a gather: each input pixel collects, from the
+    few output pixels that read it, their gradient times the weight they read it with.
+    Those output pixels lie within ``reach`` of where the inverse map sends the input pixel,
+    a box of ``taps x taps`` candidates (out-of-picture ones read 0)."""
+    height, width = shape[0], shape[1]
+    determinant = matrix[0, 0] * matrix[1, 1] - matrix[0, 1] * matrix[1, 0]
+    inverse = jnp.array([[matrix[1, 1], -matrix[0, 1]], [-matrix[1, 0], matrix[0, 0]]])
+    inverse = inverse / determinant  # by hand: jnp.linalg.inv's pivoting is a scatter
+    ys, xs = _grid((height, width))
+    centre_y = inverse[0, 0] * (ys - offset[0]) + inverse[0, 1] * (xs - offset[1])
+    centre_x = inverse[1, 0] * (ys - offset[0]) + inverse[1, 1] * (xs - offset[1])
+    # The integers within ``margin`` of the centre: at most floor(2 * margin) + 1 per axis
+    # (3 for the standard transforms' reach of 1.27). The slack covers float rounding: an extra
+    # candidate only reads weight 0.
+    margin = reach + 0.01
+    taps = int(np.floor(2 * margin)) + 1
+    first_y, first_x = jnp.ceil(centre_y - margin), jnp.ceil(centre_x - margin)
+    framed = jnp.pad(grad, ((1, 1), (1, 1), (0, 0)))
+    total = jnp.zeros(shape, grad.dtype)
+    for dy in range(taps):
+        oy = first_y + dy
+        row = jnp.clip(oy, -1, grad.shape[0]).astype(jnp.int32) + 1
+        for dx in range(taps):
+            ox = first_x + dx
+            col = jnp.clip(ox, -1, grad.shape[1]).astype(jnp.int32) + 1
+            sy = matrix[0, 0] * oy + matrix[0, 1] * ox + offset[0]
+            sx = matrix[1, 0] * oy + matrix[1, 1] * ox + offset[1]
+            weight = jnp.maximum(0.0, 1.0 - jnp.abs(sy - ys)) * jnp.maximum(
+                0.0, 1.0 - jnp.abs(sx - xs)
+            )
+            total = total + weight[..., None] * framed[row, col]
+    return total
+
+
+def _bilinear_bwd(size, cval, reach, residuals, grad):
+    image, matrix, offset, moved = residuals
+    image_grad = _image_cotangent(grad, matrix, offset, image.shape, reach)
+    if not moved:
+        return image_grad, None, None
+    sy, sx = _source(matrix, offset, size)
+    top_left, top_right, bottom_left, bottom_right, fy, fx = _corners(image, sy, sx, cval)
+    top = top_left + fx * (top_right - top_left)
+    bottom = bottom_left + fx * (bottom_right - bottom_left)
+    left = top_left + fy * (bottom_left - top_left)
+    right = top_right + fy * (bottom_right - top_right)
+    along_y = (grad * (bottom - top)).sum(-1)
+    along_x = (grad * (right - left)).sum(-1)
+    ys, xs = _grid(size)
+    matrix_grad = jnp.array(
+        [
+            [(along_y * ys).sum(), (along_y * xs).sum()],
+            [(along_x * ys).sum(), (along_x * xs).sum()],
+        ]
+    )
+    return image_grad, matrix_grad, jnp.stack([along_y.sum(), along_x.sum()])
+
+
+_bilinear = jax.custom_vjp(_bilinear, nondiff_argnums=(3, 4, 5))
+_bilinear.defvjp(_bilinear_fwd, _bilinear_bwd, symbolic_zeros=True)
+
+
+def resample(
+    image: Array,
+    matrix: Array,
+    offset: Array,
+    size: tuple[int, int],
+    cval: float = 0.5,
+    reach: float | None = None,
+) -> Array:
+    """Bilinear resampling of ``image (H, W, C)`` at an affine map of the output grid: output
+    pixel ``o = (row, col)`` of ``size`` reads ``image`` at ``matrix @ o + offset``, and
+    ``cval`` outside the picture.
+
+    The backward pass is a gather, not the scatter-add autodiff would make of the forward
+    gather: a scatter-add's order of additions is not fixed on GPUs, so its sums differ from
+    run to run. ``reach`` bounds how far (in output pixels, max row sum of ``|matrix^-1|``)
+    one input pixel's readers lie from where the inverse map sends it; it must hold for
+    every matrix the caller draws. Default: that of ``matrix`` itself, which must then be
+    concrete.
+
+    >>> image = jnp.arange(12.0).reshape(3, 4, 1)
+    >>> resample(image, jnp.eye(2), jnp.array([0.0, 1.0]), (3, 3))[..., 0].tolist()
+    [[1.0, 2.0, 3.0], [5.0, 6.0, 7.0], [9.0, 10.0, 11.0]]
+    """
+    if reach is None:
+        reach = float(np.abs(np.linalg.inv(np.asarray(matrix, np.float64))).sum(1).max())
+    matrix = jnp.asarray(matrix, jnp.float32)
+    offset = jnp.asarray(offset, jnp.float32)
+    return _bilinear(image, matrix, offset, (int(size[0]), int(size[1])), float(cval), reach)
+
+
+def _rotation_zoom(angle_degrees: Array, scale: Array) -> Array:
+    """The map from output to input of a rotation by ``angle`` and a zoom by ``scale``."""
+    angle = jnp.deg2rad(angle_degrees)
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    return jnp.array([[cos, -sin], [sin, cos]]) / scale
+
+
+def _reach(angles: Sequence[float], scales: Sequence[float]) -> float:
+    """:func:`resample`'s reach for every rotation in ``angles`` and zoom in ``scales``: the
+    inverse map is ``scale * rotation^T``, whose rows sum to ``scale (|cos| + |sin|)``."""
+    turns = np.deg2rad(np.asarray(angles, np.float64))
+    spread = (np.abs(np.cos(turns)) + np.abs(np.sin(turns))).max()
+    return float(max(scales) * spread)
+
+
+def _warp(image: Array, matrix: Array, reach: float, overshoot: float) -> Array:
+    """Resample ``image`` at ``matrix @ (y, x)`` about its centre, bilinear, edges repeated
+    (``overshoot``: how far outside the picture any draw reads, bounded by the caller)."""
+    height, width = image.shape[0], image.shape[1]
+    margin = int(np.ceil(overshoot)) + 1
+    grown = jnp.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="edge")
+    centre = jnp.array([(height - 1) / 2.0, (width - 1) / 2.0], jnp.float32)
+    offset = centre - matrix @ centre + margin
+    return resample(grown, matrix, offset, (height, width), 0.0, reach)
+
+
+def _overshoot(matrices: np.ndarray, size: tuple[int, int]) -> float:
+    """How far outside a picture of ``size`` any of ``matrices`` (about its centre) reads."""
+    centre = (np.asarray(size, np.float64) - 1) / 2
+    corners = np.array([[0, 0], [0, size[1] - 1], [size[0] - 1, 0], [size[0] - 1, size[1] - 1]])
+    read = np.einsum("mij,cj->mci", matrices, corners - centre) + centre
+    return float(max(0.0, (-read).max(), (read - (np.asarray(size) - 1)).max()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +263,9 @@ class RandomScale:
 
     def __call__(self, key: Array, image: Array) -> Array:
         scale = jax.random.choice(key, jnp.asarray(self.scales, jnp.float32))
-        return _warp(image, jnp.eye(2, dtype=jnp.float32) / scale)
+        every = np.stack([np.eye(2) / s for s in self.scales])
+        overshoot = _overshoot(every, image.shape[:2])
+        return _warp(image, _rotation_zoom(0.0, scale), _reach([0.0], self.scales), overshoot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +275,11 @@ class RandomRotate:
     angles: tuple[float, ...]
 
     def __call__(self, key: Array, image: Array) -> Array:
-        angle = jnp.deg2rad(jax.random.choice(key, jnp.asarray(self.angles, jnp.float32)))
-        cos, sin = jnp.cos(angle), jnp.sin(angle)
-        return _warp(image, jnp.array([[cos, -sin], [sin, cos]]))
+        angle = jax.random.choice(key, jnp.asarray(self.angles, jnp.float32))
+        turns = np.deg2rad(self.angles)
+        every = np.stack([[[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]] for t in turns])
+        overshoot = _overshoot(every, image.shape[:2])
+        return _warp(image, _rotation_zoom(angle, 1.0), _reach(self.angles, [1.0]), overshoot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,28 +306,13 @@ class RandomAffine:
         shift_first = jax.random.randint(k_first, (2,), 0, first + 1).astype(jnp.float32)
         shift_second = jax.random.randint(k_second, (2,), 0, second + 1).astype(jnp.float32)
         scale = jax.random.choice(k_scale, jnp.asarray(self.scales, jnp.float32))
-        angle = jnp.deg2rad(jax.random.choice(k_angle, jnp.asarray(self.angles, jnp.float32)))
-        cos, sin = jnp.cos(angle), jnp.sin(angle)
-        matrix = jnp.array([[cos, -sin], [sin, cos]]) / scale
-        centre = jnp.array([(grown[0] - 1) / 2.0, (grown[1] - 1) / 2.0], jnp.float32)[:, None, None]
-        ys, xs = jnp.meshgrid(
-            jnp.arange(out[0], dtype=jnp.float32),
-            jnp.arange(out[1], dtype=jnp.float32),
-            indexing="ij",
-        )
+        angle = jax.random.choice(k_angle, jnp.asarray(self.angles, jnp.float32))
+        matrix = _rotation_zoom(angle, scale)
+        centre = jnp.array([(grown[0] - 1) / 2.0, (grown[1] - 1) / 2.0], jnp.float32)
         # Output pixel -> second crop -> rotation/zoom about the centre -> first crop -> unpad.
-        points = jnp.stack([ys, xs]) + shift_second[:, None, None] - centre
-        src = jnp.einsum("ij,jhw->ihw", matrix, points) + centre
-        src = src + shift_first[:, None, None] - self.pad
-        return jnp.stack(
-            [
-                jax.scipy.ndimage.map_coordinates(
-                    image[..., c], [src[0], src[1]], order=1, mode="constant", cval=self.value
-                )
-                for c in range(image.shape[2])
-            ],
-            axis=-1,
-        )
+        offset = matrix @ (shift_second - centre) + centre + shift_first - self.pad
+        reach = _reach(self.angles, self.scales)
+        return resample(image, matrix, offset, out, self.value, reach)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,22 +330,11 @@ class RandomCrop:
         k_side, k_centre = jax.random.split(key)
         side = jax.random.uniform(k_side, (), jnp.float32, self.box[0], self.box[1])
         centre = 0.5 + self.centre_std * jax.random.normal(k_centre, (2,), jnp.float32)
-        ys, xs = jnp.meshgrid(
-            (jnp.arange(height, dtype=jnp.float32) + 0.5) / height - 0.5,
-            (jnp.arange(width, dtype=jnp.float32) + 0.5) / width - 0.5,
-            indexing="ij",
-        )  # each output pixel's place in the box, in [-0.5, 0.5]
-        rows = (centre[0] + side * ys) * height - 0.5
-        cols = (centre[1] + side * xs) * width - 0.5
-        return jnp.stack(
-            [
-                jax.scipy.ndimage.map_coordinates(
-                    image[..., c], [rows, cols], order=1, mode="constant", cval=self.value
-                )
-                for c in range(image.shape[2])
-            ],
-            axis=-1,
-        )
+        # Output pixel o reads (centre + side * ((o + 0.5) / size - 0.5)) * size - 0.5.
+        extent = jnp.array([height, width], jnp.float32)
+        offset = centre * extent + side * (0.5 - extent / 2) - 0.5
+        matrix = side * jnp.eye(2, dtype=jnp.float32)
+        return resample(image, matrix, offset, (height, width), self.value, 1.0 / self.box[0])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fvjax.models.adapters import Model, from_linen, normalize
+from fvjax.models.layers import max_pool
 from fvjax.models.weights import Entry, params_tree, shape_leaves
 from fvjax.models.zoo.architecture import Architecture
 
@@ -95,7 +96,7 @@ def local_response_norm(x: jax.Array, settings: LRNSettings) -> jax.Array:
 
 def _max_pool(x: jax.Array, stride: int) -> jax.Array:
     # Flax's "SAME" is TF's (asymmetric for stride 2) and pads max pools with -inf.
-    return nn.max_pool(x, (3, 3), strides=(stride, stride), padding="SAME")
+    return max_pool(x, (3, 3), (stride, stride), "SAME")
 
 
 def _unchanged(target: Any) -> Any:

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fvjax.models.adapters import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
+from fvjax.models.layers import max_pool
 from fvjax.models.weights import Entry, params_tree, shape_leaves
 from fvjax.models.zoo.architecture import Architecture
 
@@ -154,7 +155,7 @@ class ResNet50(nn.Module):
             conv = _conv(STEM_WIDTH, 7, 2, name="conv1", parent=module)
             x = nn.relu(BatchNorm(name="bn1", parent=module)(conv(x)))
             module.sow("intermediates", "relu", x)
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # -inf pads
+            x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # -inf pads
             module.sow("intermediates", "maxpool", x)
             return x
 

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fvjax.models.adapters import IMAGENET_MEAN, IMAGENET_STD, Model, from_linen, normalize
+from fvjax.models.layers import max_pool
 from fvjax.models.weights import Entry, params_tree, shape_leaves
 from fvjax.models.zoo.architecture import Architecture
 
@@ -127,7 +128,7 @@ class Features(nn.Module):
                 name = f"conv{index}_{conv}"
                 x = nn.relu(_conv(width, str(FEATURES_INDEX[name]), parent=module)(x))
                 stages[name] = x
-            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # torch floors odd sides
+            x = max_pool(x, (2, 2), (2, 2), "VALID")  # torch floors odd sides
             stages[f"pool{index}"] = x
             return stages
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from fvjax.data import world as world_lib
 from fvjax.models.adapters import Model, from_linen
+from fvjax.models.layers import max_pool
 from fvjax.models.zoo.architecture import Architecture
 
 #: Per-channel mean and standard deviation used inside the model: about the world's pixel
@@ -93,7 +94,7 @@ class WorldNet(nn.Module):
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    return max_pool(x, (2, 2), (2, 2))
 
 
 def flatten_variables(variables: Any) -> dict[str, np.ndarray]:
