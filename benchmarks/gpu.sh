@@ -10,7 +10,8 @@
 # Steps, in order of value: the same render twice with XLA's deterministic flag off, then on
 # (bit-identical or not, the flag's cost, and the scatters' part, put back); the whole
 # InceptionV1 mixed4a layer (508 channels x 4 seeds x 512 steps at 224 px, determinism on) with
-# its ratio to the limit; where a step's time goes; the limit and the old way at 224 px.
+# its ratio to the limit; where a step's time goes (the GPU's own profile, by part of the step);
+# the limit and the old way at 224 px.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
@@ -34,16 +35,18 @@ if [[ -n "${SMOKE:-}" ]]; then  # nothing is appended to RESULTS.md
     whole=(--units 4 --seeds 1 --steps 4 --size 64 --batch 4 --no-record)
     at=(--size 64 --batch 4 --steps 2 --rounds 1 --no-record)
     old=(--old-units 1)
+    prof=(--size 32 --batch 4 --steps 2 --no-record)
 else
     same=(--size 224 --batch 128 --steps 32)
-    whole=(--units 0 --seeds 4 --steps 512 --size 224 --batch 2032)
+    whole=(--units 0 --seeds 4 --steps 512 --size 224 --batch 1016)
     at=(--size 224 --batch 64 --steps 16 --rounds 2)
     old=()
+    prof=(--size 224 --batch 256 --steps 8)
 fi
 
 step 80 benchmarks/determinism.py --model inceptionv1 --xla-deterministic off "${same[@]}"
 step 70 benchmarks/determinism.py --model inceptionv1 --xla-deterministic on "${same[@]}"
 step 210 benchmarks/layer_job.py --model inceptionv1 "${whole[@]}"
-step 60 benchmarks/breakdown.py --model inceptionv1 "${at[@]}"
+step 60 benchmarks/profile_step.py --model inceptionv1 "${prof[@]}" --trace-dir "$OUT/profile"
 step 40 benchmarks/limit.py --model inceptionv1 "${at[@]}" "${old[@]}"
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"

@@ -6,6 +6,7 @@ activations}``), the readers of the user's weights files, converted weights, and
 - :mod:`~fvjax.models.weights`: PyTorch-layout state dicts and the import tables that map them
   onto Flax params trees;
 - :mod:`~fvjax.models.converted`: what ``fvjax convert`` writes, and reads back;
+- :mod:`~fvjax.models.layers`: layers whose backward pass is the same on every run (``max_pool``);
 - :mod:`~fvjax.models.zoo`: the built-in networks by name, and planted networks with known
   answers.
 """

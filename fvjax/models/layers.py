@@ -4,14 +4,15 @@ Autodiff turns a max pool (``flax.linen.max_pool``, ``lax.reduce_window``) into 
 ``select-and-scatter``, which XLA's GPU backend runs with atomic additions in no fixed order
 (XLA's own notes on determinism list it, with scatter, as non-deterministic, and without a
 deterministic implementation), so two renders of one picture drift apart.
-:func:`max_pool` gives the same values as Flax's, bit for bit, from the maximum of the
-window's strided slices: its backward pass is selects and pads.
-:func:`fvjax.rendering.determinism.census` counts what a program still holds.
+:func:`max_pool` computes Flax's values (the same ``reduce_window``) and writes its backward
+pass by hand as selects and pads. :func:`fvjax.rendering.determinism.census` counts what a
+program still holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -26,40 +27,67 @@ def max_pool(
     padding: str | Sequence[tuple[int, int]] = "VALID",
 ) -> Array:
     """``flax.linen.max_pool`` of ``x (..., H, W, C)`` (``padding`` ``"SAME"``, ``"VALID"`` or
-    ``((top, bottom), (left, right))``; pads read ``-inf``), without ``select-and-scatter`` in
-    its gradient. Ties share the gradient (Flax's gives it to one of them).
+    ``((top, bottom), (left, right))``; pads read ``-inf``), the same values bit for bit,
+    without ``select-and-scatter`` in its gradient. A window's gradient goes to its first
+    maximum, as XLA's select-and-scatter gives it.
 
     >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
     >>> max_pool(x, (2, 2), (2, 2))[0, ..., 0].tolist()
     [[5.0, 7.0], [13.0, 15.0]]
     """
     strides = tuple(strides) if strides is not None else (1, 1)
-    spatial = x.shape[-3:-1]
-    tiles = tuple(window) == strides and all(
-        s % w == 0 for s, w in zip(spatial, window, strict=True)
-    )
-    if tiles and (padding == "VALID" or padding == "SAME" or not any(map(any, padding))):
-        # Windows that tile the picture: one reduction, whose gradient is one select (on our
-        # CPU 3x faster than the slices' backward below).
-        shape = (*x.shape[:-3], spatial[0] // window[0], window[0], spatial[1] // window[1],
-                 window[1], x.shape[-1])  # fmt: skip
-        return x.reshape(shape).max(axis=(-4, -2))
     if isinstance(padding, str):
-        pads = jax.lax.padtype_to_pads(spatial, window, strides, padding)
+        pads = tuple(jax.lax.padtype_to_pads(x.shape[-3:-1], window, strides, padding))
     else:
-        pads = [tuple(p) for p in padding]
-    lead = [(0, 0)] * (x.ndim - 3)
-    grown = jnp.pad(x, [*lead, *pads, (0, 0)], constant_values=-jnp.inf)
-    out = [(grown.shape[-3 + a] - window[a]) // strides[a] + 1 for a in range(2)]
-    if min(out) < 1:  # too small for one window: empty, as Flax's (the model check names it)
-        return jnp.zeros((*x.shape[:-3], *(max(0, n) for n in out), x.shape[-1]), x.dtype)
-    pooled = None
+        pads = tuple(tuple(p) for p in padding)
+    return _pool(x, tuple(window), strides, pads)
+
+
+def _reduce(x: Array, window: tuple, strides: tuple, pads: tuple) -> Array:
+    lead = (1,) * (x.ndim - 3)
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (*lead, *window, 1), (*lead, *strides, 1),
+        ((0, 0),) * (x.ndim - 3) + pads + ((0, 0),),
+    )  # fmt: skip
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _pool(x: Array, window: tuple, strides: tuple, pads: tuple) -> Array:
+    return _reduce(x, window, strides, pads)
+
+
+def _pool_fwd(x: Array, window: tuple, strides: tuple, pads: tuple):
+    out = _reduce(x, window, strides, pads)
+    return out, (x, out)
+
+
+def _pool_bwd(window: tuple, strides: tuple, pads: tuple, residuals, grad: Array):
+    """Each window offset's strided slice of the padded input, where it holds the window's
+    maximum and no earlier offset did, passes the gradient back through the slice's transpose
+    (a pad): one fused loop of selects and adds, the same on every run."""
+    x, out = residuals
+    lead = [(0, 0, 0)] * (x.ndim - 3)
+    grown = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + list(pads) + [(0, 0)], constant_values=-jnp.inf)
+    total = jnp.zeros(grown.shape, grad.dtype)
+    taken = jnp.zeros(out.shape, bool)
     for dy in range(window[0]):
         for dx in range(window[1]):
-            start = [0] * (x.ndim - 3) + [dy, dx, 0]
-            limit = [*grown.shape[:-3], dy + (out[0] - 1) * strides[0] + 1,
-                     dx + (out[1] - 1) * strides[1] + 1, grown.shape[-1]]  # fmt: skip
-            step = [1] * (x.ndim - 3) + [strides[0], strides[1], 1]
-            part = jax.lax.slice(grown, start, limit, step)
-            pooled = part if pooled is None else jnp.maximum(pooled, part)
-    return pooled
+            limit = [*grown.shape[:-3], dy + (out.shape[-3] - 1) * strides[0] + 1,
+                     dx + (out.shape[-2] - 1) * strides[1] + 1, grown.shape[-1]]  # fmt: skip
+            part = jax.lax.slice(
+                grown, [0] * (x.ndim - 3) + [dy, dx, 0], limit,
+                [1] * (x.ndim - 3) + [strides[0], strides[1], 1],
+            )  # fmt: skip
+            hit = (part == out) & ~taken
+            taken = taken | hit
+            back = [(dy, grown.shape[-3] - limit[-3], strides[0] - 1),
+                    (dx, grown.shape[-2] - limit[-2], strides[1] - 1), (0, 0, 0)]  # fmt: skip
+            total = total + jax.lax.pad(jnp.where(hit, grad, 0.0), 0.0, lead + back)
+    inner = [slice(None)] * (x.ndim - 3) + [
+        slice(pads[0][0], grown.shape[-3] - pads[0][1]),
+        slice(pads[1][0], grown.shape[-2] - pads[1][1]),
+    ]
+    return (total[tuple(inner)],)
+
+
+_pool.defvjp(_pool_fwd, _pool_bwd)

@@ -226,11 +226,14 @@ def _objective_values(
     the activations the seeds' terms read."""
 
     def pictures(raw: Any) -> tuple[Array, Array]:
-        images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
+        # Named scopes name each part in XLA's ops and profiles (benchmarks/profile_step.py).
+        with jax.named_scope("parameterization"):
+            images = jax.vmap(lambda r: setup.param.to_image(r, setup.size))(raw)
         if keys is None:  # RGBA pictures over grey, RGB ones as they are
             return images, alpha_lib.over_background(images, alpha_lib.GREY)
-        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-        return images, jax.vmap(setup.transform)(step_keys, images)
+        with jax.named_scope("transforms"):
+            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+            return images, jax.vmap(setup.transform)(step_keys, images)
 
     if setup.remat != "none":
         # The picture pipeline keeps 6 floats a pixel for its backward pass (the resampling's
@@ -238,10 +241,12 @@ def _objective_values(
         pictures = jax.checkpoint(pictures)
     images, inputs = pictures(raw)
     wanted = set(objective.layers) | set(_coupled_layers(setup))
-    needed = _model_activations(setup, params, inputs, sorted(wanted - {INPUT}), step)
+    with jax.named_scope("model"):
+        needed = _model_activations(setup, params, inputs, sorted(wanted - {INPUT}), step)
     if INPUT in wanted:
         needed[INPUT] = images
-    values = jax.vmap(lambda o, a: o(a), in_axes=(objective.vmap_axes(), 0))(objective, needed)
+    with jax.named_scope("objective"):
+        values = jax.vmap(lambda o, a: o(a), in_axes=(objective.vmap_axes(), 0))(objective, needed)
     return values, needed
 
 
@@ -269,9 +274,11 @@ def picture_loss(
 def _step(setup: Setup, state: State, objective: Any, keys: Array, params: Any, directions):
     loss = picture_loss(setup, objective, keys, params, state.step, directions)
     grads, values = jax.grad(loss, has_aux=True)(state.raw)
-    updates, opt_state = jax.vmap(setup.optimizer.update)(grads, state.opt_state, state.raw)
-    raw = optax.apply_updates(state.raw, updates)
-    finite = jnp.isfinite(values) & _per_image_finite(grads)
+    with jax.named_scope("optimizer"):
+        updates, opt_state = jax.vmap(setup.optimizer.update)(grads, state.opt_state, state.raw)
+        raw = optax.apply_updates(state.raw, updates)
+    with jax.named_scope("finiteness"):
+        finite = jnp.isfinite(values) & _per_image_finite(grads)
     bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
     return State(raw, opt_state, state.step + 1, bad_step), values
 

@@ -1,10 +1,10 @@
 """fvjax and Lucent side by side, in one run, on one machine: the same small CNN in both.
 
-A 4-conv CNN (3 -> 32 -> 64 -> 64 -> 128 channels, 3x3, strides 1, 2, 2, 1, ReLU between) is
-built twice from one set of weights, in PyTorch for Lucent and in Flax for fvjax (the twins'
-layer agrees within 1e-4, checked here). Each renders ``--units`` channels of ``conv4`` for
-``--steps`` steps at ``--size`` px with its own default procedure (Fourier + decorrelation,
-pad 12 / jitter 8 / scale / rotate / jitter 4, Adam 0.05):
+A 4-conv CNN (3 -> 32 -> 64 -> 64 -> 128 channels at ``--width 1``, 3x3, strides 1, 2, 2,
+1, ReLU between) is built twice from one set of weights, in PyTorch for Lucent and in Flax for
+fvjax (the twins' layer agrees within 1e-4, checked here). Each renders ``--units`` channels
+of ``conv4`` for ``--steps`` steps at ``--size`` px with its own default procedure (Fourier +
+decorrelation, pad 12 / jitter 8 / scale / rotate / jitter 4, Adam 0.05):
 
 * **fvjax**: one ``render`` of every channel at once;
 * **Lucent, one unit per call**: ``render_vis`` once per channel, as its documentation does
@@ -25,8 +25,8 @@ Lucent is not a dependency of fvjax. In the environment that runs this (PyTorch 
 Lucent imports ``torchvision`` only for ``Normalize``; where no working torchvision is
 installed, this script puts a 6-line ``Normalize`` in its place (Lucent's code is unchanged).
 
-    python benchmarks/lucent.py [--size 128] [--units 32] [--steps 32] [--rounds 2]
-        [--lucent-units 2] [--no-record]
+    python benchmarks/vs_lucent.py [--size 128] [--units 32] [--steps 32] [--rounds 2]
+        [--lucent-units 2] [--width 1.0] [--no-record]
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ import fvjax
 from fvjax import benchmarking as bench
 from fvjax import transforms as T
 
-#: (input channels, output channels, stride) of conv1..conv4.
-CONVS = ((3, 32, 1), (32, 64, 2), (64, 64, 2), (64, 128, 1))
+#: (input channels, output channels, stride) of conv1..conv4 at ``--width 1``.
+WIDE = ((3, 32, 1), (32, 64, 2), (64, 64, 2), (64, 128, 1))
+CONVS = WIDE  # what --width makes of it
 
 
 def weights(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -66,7 +67,6 @@ class FlaxCNN(nn.Module):
             if i:
                 x = nn.relu(x)
             x = nn.Conv(c_out, (3, 3), stride, padding=((1, 1), (1, 1)), name=f"conv{i + 1}")(x)
-            self.sow("intermediates", f"conv{i + 1}", x)
         return x
 
 
@@ -141,9 +141,15 @@ def main() -> None:
     parser.add_argument(
         "--lucent-units", type=int, default=2, help="units Lucent renders one by one"
     )
+    parser.add_argument(
+        "--width", type=float, default=1.0, help="channels of every conv times this (0.5: 16..64)"
+    )
     args = parser.parse_args()
     args.model, args.layer = "cnn4", "conv4"
     args.size = args.size or 128
+    global CONVS
+    CONVS = tuple((c_in if i == 0 else round(c_in * args.width), round(c_out * args.width), s)
+                  for i, (c_in, c_out, s) in enumerate(WIDE))  # fmt: skip
     objectives, param, render = import_lucent()
 
     found = weights()
@@ -201,7 +207,8 @@ def main() -> None:
     lim = next(iter(best.values()))
     text = "\n".join(
         [
-            f"4-conv CNN (`conv4`, 128 channels; PyTorch and Flax twins agree within "
+            f"4-conv CNN ({' -> '.join(str(c[1]) for c in CONVS)} channels, `conv4` rendered; "
+            f"PyTorch and Flax twins agree within "
             f"{agreement:.1e}), {n} units x {args.steps} steps at {args.size} px; torch "
             f"{torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}; "
             f"best of {args.rounds} interleaved rounds, compile excluded.",
