@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 import fvjax  # noqa: E402
 from fvjax import benchmarking as bench  # noqa: E402
-from fvjax.models import zoo  # noqa: E402
+from fvjax.models.zoo import inception, resnet, vgg, worldnet  # noqa: E402
 from fvjax.rendering import step  # noqa: E402
 from fvjax.rendering.engine import plan_render  # noqa: E402
 from fvjax.rendering.transforms import RandomAffine, standard  # noqa: E402
@@ -79,9 +79,9 @@ class ScatteringAffine(RandomAffine):
 @contextlib.contextmanager
 def flax_pools(name: str):
     """The zoo network ``name`` traced with Flax's max pool (select-and-scatter gradient)."""
-    module = {"inceptionv1": "inception", "worldnet": "worldnet", "resnet50": "resnet",
-              "vgg16": "vgg"}.get(name)  # fmt: skip
-    target = getattr(zoo, module, None) if module else None
+    target = {"inceptionv1": inception, "worldnet": worldnet, "resnet50": resnet, "vgg16": vgg}.get(
+        name
+    )
     if target is None:
         yield
         return
@@ -113,8 +113,6 @@ def main() -> None:
     parser.add_argument("--xla-deterministic", choices=("on", "off"), default="on")
     parser.add_argument("--no-scatters", action="store_true", help="only fvjax's programs")
     args = bench.parse_args(parser)
-    for module in ("inception", "worldnet", "resnet", "vgg"):
-        __import__(f"fvjax.models.zoo.{module}")
     model = bench.load_model(args.model)
     objective = bench.channel_objective(model, args.layer, args.batch, args.size)
     programs = {"fvjax (no scatter)": (standard(args.transform_scale), contextlib.nullcontext)}
