@@ -53,25 +53,13 @@ class ScatteringAffine(RandomAffine):
     scatter-add), as fvjax's was before 2026-11-30."""
 
     def __call__(self, key: jax.Array, image: jax.Array) -> jax.Array:
-        height, width = image.shape[0], image.shape[1]
-        first, second = self.jitter
-        grown = (height + 2 * self.pad - first, width + 2 * self.pad - first)
-        out = (grown[0] - second, grown[1] - second)
-        k_first, k_scale, k_angle, k_second = jax.random.split(key, 4)
-        shift_first = jax.random.randint(k_first, (2,), 0, first + 1).astype(jnp.float32)
-        shift_second = jax.random.randint(k_second, (2,), 0, second + 1).astype(jnp.float32)
-        scale = jax.random.choice(k_scale, jnp.asarray(self.scales, jnp.float32))
-        angle = jnp.deg2rad(jax.random.choice(k_angle, jnp.asarray(self.angles, jnp.float32)))
-        matrix = jnp.array([[jnp.cos(angle), -jnp.sin(angle)], [jnp.sin(angle), jnp.cos(angle)]])
-        matrix = matrix / scale
-        centre = jnp.array([(grown[0] - 1) / 2.0, (grown[1] - 1) / 2.0])[:, None, None]
+        matrix, offset, out = self.draw(key, image.shape[:2])  # the same draw as fvjax's
         ys, xs = jnp.meshgrid(jnp.arange(out[0]) * 1.0, jnp.arange(out[1]) * 1.0, indexing="ij")
-        points = jnp.stack([ys, xs]) + shift_second[:, None, None] - centre
-        src = jnp.einsum("ij,jhw->ihw", matrix, points) + centre
-        src = src + shift_first[:, None, None] - self.pad
+        rows = matrix[0, 0] * ys + matrix[0, 1] * xs + offset[0]
+        cols = matrix[1, 0] * ys + matrix[1, 1] * xs + offset[1]
         sample = jax.scipy.ndimage.map_coordinates
         return jnp.stack(
-            [sample(image[..., c], [src[0], src[1]], order=1, mode="constant", cval=self.value)
+            [sample(image[..., c], [rows, cols], order=1, mode="constant", cval=self.value)
              for c in range(image.shape[2])], axis=-1,
         )  # fmt: skip
 

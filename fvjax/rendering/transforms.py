@@ -297,10 +297,11 @@ class RandomAffine:
     angles: tuple[float, ...]
     value: float = 0.5
 
-    def __call__(self, key: Array, image: Array) -> Array:
-        height, width = image.shape[0], image.shape[1]
+    def draw(self, key: Array, size: tuple[int, int]) -> tuple[Array, Array, tuple[int, int]]:
+        """One picture's draw for a picture of ``size``: the map from output pixels to where
+        they read, ``(matrix (2, 2), offset (2,))``, and the output's size."""
         first, second = self.jitter
-        grown = (height + 2 * self.pad - first, width + 2 * self.pad - first)
+        grown = (size[0] + 2 * self.pad - first, size[1] + 2 * self.pad - first)
         out = (grown[0] - second, grown[1] - second)
         k_first, k_scale, k_angle, k_second = jax.random.split(key, 4)
         shift_first = jax.random.randint(k_first, (2,), 0, first + 1).astype(jnp.float32)
@@ -311,6 +312,10 @@ class RandomAffine:
         centre = jnp.array([(grown[0] - 1) / 2.0, (grown[1] - 1) / 2.0], jnp.float32)
         # Output pixel -> second crop -> rotation/zoom about the centre -> first crop -> unpad.
         offset = matrix @ (shift_second - centre) + centre + shift_first - self.pad
+        return matrix, offset, out
+
+    def __call__(self, key: Array, image: Array) -> Array:
+        matrix, offset, out = self.draw(key, image.shape[:2])
         reach = _reach(self.angles, self.scales)
         return resample(image, matrix, offset, out, self.value, reach)
 
