@@ -42,8 +42,7 @@ import numpy as np  # noqa: E402
 import fvjax  # noqa: E402
 from fvjax import benchmarking as bench  # noqa: E402
 from fvjax.models.zoo import inception, resnet, vgg, worldnet  # noqa: E402
-from fvjax.rendering import step  # noqa: E402
-from fvjax.rendering.engine import plan_render  # noqa: E402
+from fvjax.rendering.cost import lower_step  # noqa: E402
 from fvjax.rendering.transforms import RandomAffine, standard  # noqa: E402
 
 
@@ -85,17 +84,6 @@ def flax_pools(name: str):
         target.max_pool = kept
 
 
-def census(model, objective, size: int, transforms) -> dict[str, int]:
-    plan = plan_render(model, objective, steps=2, size=size, transforms=transforms)
-    n = len(objective.unit_ids())
-    keys = jax.random.split(jax.random.key(0), n)
-    state = jax.eval_shape(lambda k: step.init_state(plan.setup, k), keys)
-    lowered = step.run_steps.lower(
-        plan.setup, 2, state, plan.objective, keys, model.params, jnp.zeros((n, 0))
-    )
-    return determinism.census(lowered)
-
-
 def main() -> None:
     parser = bench.parser(__doc__, steps=32)
     parser.add_argument("--xla-deterministic", choices=("on", "off"), default="on")
@@ -110,7 +98,9 @@ def main() -> None:
     rows = []
     for name, (transforms, context) in programs.items():
         with context():
-            ops = census(model, objective, args.size, transforms)
+            ops = determinism.census(
+                lower_step(model, objective, size=args.size, transforms=transforms)
+            )
             kwargs = dict(seeds=1, steps=args.steps, size=args.size, transforms=transforms)
             start = time.perf_counter()
             first = fvjax.render(model, objective, **kwargs).images

@@ -20,6 +20,7 @@ from fvjax.errors import ArgumentError
 from fvjax.models import zoo
 from fvjax.models.layers import max_pool
 from fvjax.rendering import determinism, step
+from fvjax.rendering.cost import lower_step
 from fvjax.rendering.engine import plan_render
 from fvjax.rendering.seeds import Diversity
 
@@ -27,7 +28,10 @@ SIZE = 32
 
 
 def step_program(model, objective, seeds=1, **settings):
-    """The lowered optimization step of a render (traced, not compiled)."""
+    """The lowered optimization step of a render (traced, not compiled): ``lower_step``'s,
+    but with a unit's seeds together, as the seeds' terms (diversity) need."""
+    if seeds == 1 and "diversity" not in settings:
+        return lower_step(model, objective, size=SIZE, **settings)
     plan = plan_render(model, objective, seeds=seeds, steps=2, size=SIZE, **settings)
     n = len(objective.unit_ids()) * seeds
     keys = jax.random.split(jax.random.key(0), n)
@@ -114,13 +118,7 @@ def test_no_objective_adds_a_scatter(worldnet, objective, settings):
     ],  # fmt: skip
 )
 def test_the_zoo_s_default_steps_hold_no_scatter(name, layer, size):
-    model = zoo.load(name)
-    plan = plan_render(model, O.channel(layer, [0]), steps=2, size=size)
-    keys = jax.random.split(jax.random.key(0), 1)
-    state = jax.eval_shape(lambda k: step.init_state(plan.setup, k), keys)
-    lowered = step.run_steps.lower(
-        plan.setup, 2, state, plan.objective, keys, model.params, jnp.zeros((1, 0))
-    )
+    lowered = lower_step(zoo.load(name), O.channel(layer, [0]), size=size)
     assert determinism.census(lowered) == NONE
 
 
