@@ -66,8 +66,12 @@ def flag_value() -> bool | None:
 
 
 def backend_started() -> bool:
-    """Whether JAX has started a backend in this process (after which XLA_FLAGS is read)."""
-    return bool(xla_bridge.backends_are_initialized())
+    """Whether JAX has started a backend in this process (after which XLA_FLAGS is read).
+    JAX's own answer is private (``jax._src.xla_bridge``); this is the one place that asks."""
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    if started is not None:
+        return bool(started())
+    return bool(getattr(xla_bridge, "_backends", None))  # older or newer JAX: its cache
 
 
 def request(deterministic: bool = True) -> None:
