@@ -236,19 +236,25 @@ def _reach(angles: Sequence[float], scales: Sequence[float]) -> float:
     return float(max(scales) * spread)
 
 
-def _warp(image: Array, matrix: Array, reach: float, overshoot: float) -> Array:
-    """Resample ``image`` at ``matrix @ (y, x)`` about its centre, bilinear, edges repeated
-    (``overshoot``: how far outside the picture any draw reads, bounded by the caller)."""
+def _warp(image: Array, matrix: Array, angles: Sequence[float], scales: Sequence[float]) -> Array:
+    """Resample ``image`` at ``matrix @ (y, x)`` about its centre, bilinear, edges repeated;
+    ``matrix`` is one of the rotations by ``angles`` and zooms by ``scales``."""
     height, width = image.shape[0], image.shape[1]
-    margin = int(np.ceil(overshoot)) + 1
+    margin = int(np.ceil(_overshoot(angles, scales, (height, width)))) + 1
     grown = jnp.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="edge")
     centre = jnp.array([(height - 1) / 2.0, (width - 1) / 2.0], jnp.float32)
     offset = centre - matrix @ centre + margin
-    return resample(grown, matrix, offset, (height, width), 0.0, reach)
+    return resample(grown, matrix, offset, (height, width), 0.0, _reach(angles, scales))
 
 
-def _overshoot(matrices: np.ndarray, size: tuple[int, int]) -> float:
-    """How far outside a picture of ``size`` any of ``matrices`` (about its centre) reads."""
+def _overshoot(angles: Sequence[float], scales: Sequence[float], size: tuple[int, int]) -> float:
+    """How far outside a picture of ``size`` any rotation by ``angles`` and zoom by ``scales``
+    (about its centre) reads."""
+    turns = np.deg2rad(np.asarray(angles, np.float64))
+    matrices = np.stack(
+        [np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) / s
+         for t in turns for s in scales]
+    )  # fmt: skip
     centre = (np.asarray(size, np.float64) - 1) / 2
     corners = np.array([[0, 0], [0, size[1] - 1], [size[0] - 1, 0], [size[0] - 1, size[1] - 1]])
     read = np.einsum("mij,cj->mci", matrices, corners - centre) + centre
@@ -263,9 +269,7 @@ class RandomScale:
 
     def __call__(self, key: Array, image: Array) -> Array:
         scale = jax.random.choice(key, jnp.asarray(self.scales, jnp.float32))
-        every = np.stack([np.eye(2) / s for s in self.scales])
-        overshoot = _overshoot(every, image.shape[:2])
-        return _warp(image, _rotation_zoom(0.0, scale), _reach([0.0], self.scales), overshoot)
+        return _warp(image, _rotation_zoom(0.0, scale), [0.0], self.scales)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,10 +280,7 @@ class RandomRotate:
 
     def __call__(self, key: Array, image: Array) -> Array:
         angle = jax.random.choice(key, jnp.asarray(self.angles, jnp.float32))
-        turns = np.deg2rad(self.angles)
-        every = np.stack([[[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]] for t in turns])
-        overshoot = _overshoot(every, image.shape[:2])
-        return _warp(image, _rotation_zoom(angle, 1.0), _reach(self.angles, [1.0]), overshoot)
+        return _warp(image, _rotation_zoom(angle, 1.0), self.angles, [1.0])
 
 
 @dataclasses.dataclass(frozen=True)
