@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +169,14 @@ class NaturalImages:
         names: one per image: ``"world image 3"``, or its file's name.
         source: where they come from, as the manifest's ``natural`` records it:
             ``{"source": "world", "seed": 1}``, or ``{"source": FOLDER}``.
+        maps: ``{layer: (count, ...)}``, the images' maps an ``invert`` or ``caricature``
+            job holds its pictures to (:func:`natural_maps`; ``None`` for ``accentuate``).
     """
 
     images: np.ndarray
     names: tuple[str, ...]
     source: dict[str, Any]
+    maps: dict[str, np.ndarray] | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -248,7 +252,8 @@ def build_plan(config: Config) -> JobPlan:
     render_kwargs = render_settings(config)
     natural = natural_images(config, n_shards)
     if config.objective in inversion_lib.IMAGE_OBJECTIVES:  # a member per natural image
-        objectives = image_objectives(config, model, natural.images)
+        natural = dataclasses.replace(natural, maps=natural_maps(config, model, natural.images))
+        objectives = image_objectives(config, natural.maps)
     else:
         objectives = build_objectives(config, shapes)
     layers = {}
@@ -357,19 +362,29 @@ def check_natural_keys(config: Config, n_shards: int = 1) -> None:
         )
 
 
-def image_objectives(config: Config, model: Model, images: Any) -> dict[str, Objective]:
-    """``{layer: objective}`` of an ``invert`` or ``caricature`` job: a member per natural
-    image of ``images (I, H, W, 3)``, held to its map at the layer
-    (:data:`~fvjax.rendering.inversion.IMAGE_OBJECTIVES`, ``natural.power``).
+def natural_maps(config: Config, model: Model, images: Any) -> dict[str, np.ndarray]:
+    """``{layer: (I, ...)}``: the maps of ``images (I, H, W, 3)`` at the job's layers, what an
+    ``invert`` or ``caricature`` job holds its pictures to (the images checked first).
 
     >>> config = Config(model="tiny", layers=["block2"], objective="invert", size=16)
-    >>> image_objectives(config, build_model(config), np.zeros((3, 16, 16, 3)))["block2"].batch_size
-    3
+    >>> natural_maps(config, build_model(config), np.zeros((3, 16, 16, 3)))["block2"].shape
+    (3, 8, 8, 16)
     """
     images = inversion_lib.checked_images(model, images, config.layers)
-    targets = inversion_lib.layer_activations(model, images, config.layers)
+    return inversion_lib.layer_activations(model, images, config.layers)
+
+
+def image_objectives(config: Config, maps: Mapping[str, Any]) -> dict[str, Objective]:
+    """``{layer: objective}`` of an ``invert`` or ``caricature`` job: a member per natural
+    image, held to its map at the layer (``maps``: :func:`natural_maps`;
+    :data:`~fvjax.rendering.inversion.IMAGE_OBJECTIVES`, ``natural.power``).
+
+    >>> config = Config(model="tiny", layers=["block2"], objective="invert", size=16)
+    >>> image_objectives(config, {"block2": np.zeros((3, 8, 8, 16))})["block2"].batch_size
+    3
+    """
     make = inversion_lib.IMAGE_OBJECTIVES[config.objective]
-    return {layer: make(layer, targets[layer], config.natural.power) for layer in config.layers}
+    return {layer: make(layer, maps[layer], config.natural.power) for layer in config.layers}
 
 
 def small_picture_warnings(model: Model, layers: Any, size: Any) -> list[str]:

@@ -190,8 +190,7 @@ def _image_details(plan: JobPlan, layer: str, result: Any, files: list[str]) -> 
     """Each picture of an ``invert`` or ``caricature`` layer (image-major): its image's file,
     and its map's relative error, cosine and scale against the image's
     (:func:`~fvjax.rendering.inversion.image_result`)."""
-    targets = inversion_lib.layer_activations(plan.model, plan.natural.images, [layer])[layer]
-    found = inversion_lib.image_result(plan.model, layer, targets, result)
+    found = inversion_lib.image_result(plan.model, layer, plan.natural.maps[layer], result)
     return [
         {
             "natural": files[i],
