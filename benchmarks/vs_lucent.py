@@ -45,25 +45,29 @@ import fvjax
 from fvjax import benchmarking as bench
 from fvjax import transforms as T
 
-#: (input channels, output channels, stride) of conv1..conv4 at ``--width 1``.
-WIDE = ((3, 32, 1), (32, 64, 2), (64, 64, 2), (64, 128, 1))
-CONVS = WIDE  # what --width makes of it
+#: Output channels of conv1..conv4 at ``--width 1``, and their strides.
+WIDTHS = (32, 64, 64, 128)
+STRIDES = (1, 2, 2, 1)
 
 
-def weights(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """He-normal ``(kernel (3, 3, in, out), bias)`` of each conv, float32."""
+def weights(width: float = 1.0, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """He-normal ``(kernel (3, 3, in, out), bias)`` of each conv, float32, with ``width``
+    times :data:`WIDTHS` channels; both twins read their shapes from these."""
     rng = np.random.default_rng(seed)
+    channels = [3, *(round(w * width) for w in WIDTHS)]
     return [
         (rng.normal(0, np.sqrt(2 / (9 * c_in)), (3, 3, c_in, c_out)).astype(np.float32),
          rng.normal(0, 0.01, c_out).astype(np.float32))
-        for c_in, c_out, _ in CONVS
+        for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
     ]  # fmt: skip
 
 
 class FlaxCNN(nn.Module):
+    widths: tuple[int, ...]
+
     @nn.compact
     def __call__(self, x):
-        for i, (_, c_out, stride) in enumerate(CONVS):
+        for i, (c_out, stride) in enumerate(zip(self.widths, STRIDES, strict=True)):
             if i:
                 x = nn.relu(x)
             x = nn.Conv(c_out, (3, 3), stride, padding=((1, 1), (1, 1)), name=f"conv{i + 1}")(x)
@@ -72,23 +76,21 @@ class FlaxCNN(nn.Module):
 
 def fvjax_model(found: list) -> fvjax.Model:
     params = {f"conv{i + 1}": {"kernel": k, "bias": b} for i, (k, b) in enumerate(found)}
-    return fvjax.from_linen(FlaxCNN(), {"params": params}, name="cnn4")
+    widths = tuple(kernel.shape[-1] for kernel, _ in found)
+    return fvjax.from_linen(FlaxCNN(widths), {"params": params}, name="cnn4")
 
 
 def torch_model(found: list):
     class TorchCNN(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            for i, (c_in, c_out, stride) in enumerate(CONVS):
+            for i, ((kernel, _), stride) in enumerate(zip(found, STRIDES, strict=True)):
+                c_in, c_out = kernel.shape[2], kernel.shape[3]
                 setattr(self, f"conv{i + 1}", torch.nn.Conv2d(c_in, c_out, 3, stride, 1))
-                if i < len(CONVS) - 1:
-                    setattr(self, f"relu{i + 1}", torch.nn.ReLU())
 
         def forward(self, x):
-            for i in range(len(CONVS)):
-                x = getattr(self, f"conv{i + 1}")(x)
-                if i < len(CONVS) - 1:
-                    x = getattr(self, f"relu{i + 1}")(x)
+            for i in range(len(found)):
+                x = getattr(self, f"conv{i + 1}")(x if i == 0 else torch.relu(x))
             return x
 
     net = TorchCNN().eval()
@@ -147,12 +149,9 @@ def main() -> None:
     args = parser.parse_args()
     args.model, args.layer = "cnn4", "conv4"
     args.size = args.size or 128
-    global CONVS
-    CONVS = tuple((c_in if i == 0 else round(c_in * args.width), round(c_out * args.width), s)
-                  for i, (c_in, c_out, s) in enumerate(WIDE))  # fmt: skip
     objectives, param, render = import_lucent()
 
-    found = weights()
+    found = weights(args.width)
     model, net = fvjax_model(found), torch_model(found)
     probe = np.random.default_rng(1).uniform(size=(2, args.size, args.size, 3)).astype(np.float32)
     ours = np.asarray(model.apply(model.params, jnp.asarray(probe))["conv4"])
@@ -207,7 +206,8 @@ def main() -> None:
     lim = next(iter(best.values()))
     text = "\n".join(
         [
-            f"4-conv CNN ({' -> '.join(str(c[1]) for c in CONVS)} channels, `conv4` rendered; "
+            f"4-conv CNN ({' -> '.join(str(k.shape[-1]) for k, _ in found)} channels, `conv4` "
+            "rendered; "
             f"PyTorch and Flax twins agree within "
             f"{agreement:.1e}), {n} units x {args.steps} steps at {args.size} px; torch "
             f"{torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__}; "
