@@ -12,7 +12,6 @@ program still holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +50,7 @@ def _reduce(x: Array, window: tuple, strides: tuple, pads: tuple) -> Array:
     )  # fmt: skip
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _pool(x: Array, window: tuple, strides: tuple, pads: tuple) -> Array:
-    return _reduce(x, window, strides, pads)
+_pool = jax.custom_vjp(_reduce, nondiff_argnums=(1, 2, 3))
 
 
 def _pool_fwd(x: Array, window: tuple, strides: tuple, pads: tuple):
