@@ -23,27 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fvjax
+from fvjax import benchmarking as bench
+from fvjax.models.zoo import inception, resnet, vgg, worldnet
 from fvjax.rendering import determinism
-
-if __name__ == "__main__":  # before JAX starts a backend: XLA reads its flags once
-    _flag = (
-        "--xla-deterministic" in sys.argv and sys.argv[sys.argv.index("--xla-deterministic") + 1]
-    )
-    determinism.request(_flag != "off")
-
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import fvjax  # noqa: E402
-from fvjax import benchmarking as bench  # noqa: E402
-from fvjax.models.zoo import inception, resnet, vgg, worldnet  # noqa: E402
-from fvjax.rendering.cost import lower_step  # noqa: E402
-from fvjax.rendering.transforms import RandomAffine, standard  # noqa: E402
+from fvjax.rendering.cost import lower_step
+from fvjax.rendering.transforms import RandomAffine, standard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +81,8 @@ def main() -> None:
     parser.add_argument("--xla-deterministic", choices=("on", "off"), default="on")
     parser.add_argument("--no-scatters", action="store_true", help="only fvjax's programs")
     args = bench.parse_args(parser)
+    # Nothing above starts a JAX backend (importing JAX does not): XLA reads its flags then.
+    determinism.request(args.xla_deterministic == "on")
     model = bench.load_model(args.model)
     objective = bench.channel_objective(model, args.layer, args.batch, args.size)
     programs = {"fvjax (no scatter)": (standard(args.transform_scale), contextlib.nullcontext)}
