@@ -19,6 +19,7 @@ import pytest
 
 import fvjax
 from fvjax.checks import atlas as atlas_lib
+from fvjax.checks.activations import unit_length
 from fvjax.checks.atlas_page import atlas_html, cell_examples
 from fvjax.checks.card import inline_source
 from fvjax.checks.layout2d import affinities, tsne_layout
@@ -132,7 +133,7 @@ def _rows(colours, seed: int) -> int:
     samples = atlas_lib.sample_activations(
         planted.colour_opponent(), colours, "colour", SETTINGS["points"], seed
     )
-    layout = tsne_layout(atlas_lib._normalised(samples.vectors), SETTINGS["perplexity"])
+    layout = tsne_layout(unit_length(samples.vectors), SETTINGS["perplexity"])
     _, cell = atlas_lib.grid_cells(layout.points, SETTINGS["grid"])
     kept = atlas_lib.cell_means(samples.vectors, cell, SETTINGS["grid"], SETTINGS["min_points"])[1]
     return -(-len(kept) // SETTINGS["grid"])

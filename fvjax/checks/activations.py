@@ -1,4 +1,5 @@
-"""A model's activations over a dataset, streamed: what every check of a picture reads."""
+"""A model's activations over a dataset, streamed: what every check of a picture reads; and
+activation vectors at unit length, the space facets and atlases compare them in."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def stream_activations(
             checked = True
         out = selected_activations(model.apply, layers, model.params, images)
         yield {name: np.asarray(value) for name, value in out.items()}
+
+
+def unit_length(vectors: np.ndarray) -> np.ndarray:
+    """``vectors (..., C)`` scaled to length 1 (all-zero ones stay 0): the space a unit's
+    facets are clustered in (:mod:`fvjax.checks.facets`) and an atlas's points laid out in.
+
+    >>> unit_length(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fvjax.checks.activations import stream_activations
+from fvjax.checks.activations import stream_activations, unit_length
 from fvjax.checks.layout2d import tsne_layout
 from fvjax.data.datasets import Dataset, check_batch_size
 from fvjax.errors import ArgumentError
@@ -130,7 +130,7 @@ def cell_direction(
         raise ArgumentError(
             f"whiten must be ({vectors.shape[1]}, {vectors.shape[1]}), got {whiten.shape}"
         )
-    directions = _normalised(vectors @ whiten.T)
+    directions = unit_length(vectors @ whiten.T)
     return CellDirection(layer, jnp.asarray(directions), jnp.asarray(whiten), jnp.float32(power))
 
 
@@ -274,10 +274,6 @@ def picture_vectors(model: Model, layer: str, pictures: np.ndarray) -> np.ndarra
     return np.asarray(jax.vmap(readout)(jnp.asarray(maps)))
 
 
-def _normalised(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
 def _check_settings(grid: Any, min_points: Any) -> None:
     for name, value in (("grid", grid), ("min_points", min_points)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
@@ -349,7 +345,7 @@ def activation_atlas(
     clock = time.perf_counter()
     samples = sample_activations(model, dataset, layer, points, seed, dataset_batch_size)
     sampled = time.perf_counter()
-    found = tsne_layout(_normalised(samples.vectors), perplexity, tsne_steps)
+    found = tsne_layout(unit_length(samples.vectors), perplexity, tsne_steps)
     unit, cell = grid_cells(found.points, grid)
     laid_out = time.perf_counter()
     counts, cells, vectors = cell_means(samples.vectors, cell, grid, min_points)
@@ -358,7 +354,7 @@ def activation_atlas(
     objective = cell_direction(layer, padded, whiten, power)
     result = render(model, objective, seeds=[seed], **settings)
     pictures = result.images[: len(cells), 0]
-    mine = _normalised(picture_vectors(model, layer, pictures) @ whiten.T)
+    mine = unit_length(picture_vectors(model, layer, pictures) @ whiten.T)
     similarity = mine @ np.asarray(objective.directions[: len(cells)]).T
     return Atlas(
         layer=layer,

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fvjax.checks.activations import unit_length
 from fvjax.checks.scan import forward_maps
 from fvjax.checks.statistics import LayerStatistics
 from fvjax.data.datasets import Dataset, check_batch_size
@@ -462,7 +463,7 @@ def natural_facets(
     images, vectors = _read(
         model, dataset, layer, pool, unique, row, stats.top_position[units], shape[-1], batch_size
     )
-    points = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+    points = unit_length(vectors)
     key = jax.random.key(key) if isinstance(key, int | np.integer) else key
     if k is None:
         clusters = choose_k(key, points, k_max, valid, iterations=iterations).clusters

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from fvjax.checks import atlas as atlas_lib
+from fvjax.checks.activations import unit_length
 from fvjax.checks.atlas_page import atlas_html, cell_examples
 from fvjax.checks.card import svg_bars, unit_card_html
 from fvjax.checks.dissection import detectors_by_category, label_units
@@ -175,12 +176,6 @@ def _vectors(pictures: np.ndarray, model: Model, layer: str, batch_size: int) ->
     return np.concatenate(rows).reshape(*pictures.shape[:2], -1)
 
 
-def _normalised(vectors: np.ndarray) -> np.ndarray:
-    """``vectors`` L2-normalised: the space :func:`~fvjax.checks.facets.natural_facets`
-    clusters in."""
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
 def _guided(
     config, model, layer: str, found: Facets, reached: np.ndarray, length: np.ndarray
 ) -> RenderPlan:
@@ -227,7 +222,7 @@ def _facets(config, model, dataset, stats, entry, pictures, values, stream) -> l
     )  # fmt: skip
     batch = config.checks.batch_size
     vectors = _vectors(pictures, model, feature, batch)
-    seeds = coverage(_normalised(vectors), found.centroids, found.n_facets)
+    seeds = coverage(unit_length(vectors), found.centroids, found.n_facets)
     guided = guided_cover = None
     if f.render:
         length = np.linalg.norm(vectors, axis=-1).mean(1)
@@ -237,7 +232,7 @@ def _facets(config, model, dataset, stats, entry, pictures, values, stream) -> l
         guided = run_plan(plan, progress=bar)
         bar.close()
         guided_cover = coverage(
-            _normalised(_vectors(guided.images, model, feature, batch)),
+            unit_length(_vectors(guided.images, model, feature, batch)),
             found.centroids,
             found.n_facets,
         )
