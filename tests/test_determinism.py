@@ -152,6 +152,17 @@ def test_max_pool_is_flax_s_values_and_gradient_without_select_and_scatter(
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)  # sums in another order
 
 
+def test_max_pool_keeps_a_bfloat16_model_in_bfloat16():
+    """The backward's zeros once came as float32: a bfloat16 InceptionV1 render failed."""
+    x = jax.random.normal(jax.random.key(0), (2, 9, 12, 3)).astype(jnp.bfloat16)
+    weights = jax.random.normal(jax.random.key(1), (2, 5, 6, 3)).astype(jnp.bfloat16)
+    grads = [jax.grad(lambda x, f=f: (f(x, (3, 3), strides=(2, 2), padding="SAME") * weights)
+                      .sum())(x) for f in (max_pool, nn.max_pool)]  # fmt: skip
+    assert grads[0].dtype == jnp.bfloat16
+    # Overlapping windows add in another order: within 2 bfloat16 steps (2 ** -7 each).
+    np.testing.assert_allclose(*(np.asarray(g, np.float32) for g in grads), rtol=2**-6)
+
+
 def _map_coordinates_resample(image, matrix, offset, size, cval):
     """What resample computed before: JAX's map_coordinates, whose gradient is a scatter-add."""
     ys, xs = jnp.meshgrid(jnp.arange(size[0]) * 1.0, jnp.arange(size[1]) * 1.0, indexing="ij")

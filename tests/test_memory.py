@@ -206,5 +206,7 @@ def test_bfloat16_zoo_models_keep_bfloat16_activations(name, layer):
     kept = {d: _per_picture(model, objective, size=96, model_dtype=d)
             for d in ("float32", "bfloat16")}  # fmt: skip
     assert kept["bfloat16"] < 0.75 * kept["float32"]  # the pictures' pipeline stays float32
+    # The whole step traces in bfloat16, backward included (a pool's float32 zeros once broke it).
+    lower_step(model, objective, size=64, model_dtype="bfloat16")
     images = jnp.ones((1, 8, 8, 3), jnp.bfloat16)
     assert fvjax.models.normalize((0.5,) * 3, (0.2,) * 3)(images).dtype == jnp.bfloat16

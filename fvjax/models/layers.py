@@ -66,6 +66,7 @@ def _pool_bwd(window: tuple, strides: tuple, pads: tuple, residuals, grad: Array
     lead = [(0, 0, 0)] * (x.ndim - 3)
     grown = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + list(pads) + [(0, 0)], constant_values=-jnp.inf)
     total = jnp.zeros(grown.shape, grad.dtype)
+    zero = jnp.zeros((), grad.dtype)  # in the gradient's dtype: bfloat16 models too
     taken = jnp.zeros(out.shape, bool)
     for dy in range(window[0]):
         for dx in range(window[1]):
@@ -79,7 +80,7 @@ def _pool_bwd(window: tuple, strides: tuple, pads: tuple, residuals, grad: Array
             taken = taken | hit
             back = [(dy, grown.shape[-3] - limit[-3], strides[0] - 1),
                     (dx, grown.shape[-2] - limit[-2], strides[1] - 1), (0, 0, 0)]  # fmt: skip
-            total = total + jax.lax.pad(jnp.where(hit, grad, 0.0), 0.0, lead + back)
+            total = total + jax.lax.pad(jnp.where(hit, grad, 0), zero, lead + back)
     inner = [slice(None)] * (x.ndim - 3) + [
         slice(pads[0][0], grown.shape[-3] - pads[0][1]),
         slice(pads[1][0], grown.shape[-2] - pads[1][1]),
