@@ -32,6 +32,10 @@ def main() -> None:
     parser = bench.parser(__doc__, steps=512, batch=64)
     parser.add_argument("--units", type=int, default=0, help="first N channels (0: all)")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument(
+        "--model-dtype", default="float32", choices=("float32", "bfloat16"),
+        help="the model's compute dtype, in the render and in its limits",
+    )  # fmt: skip
     args = bench.parse_args(parser)
     model = bench.load_model(args.model)
     n_channels = model.check_layer(args.layer, args.size)[-1]
@@ -50,13 +54,18 @@ def main() -> None:
         size=args.size,
         transforms=transforms,
         batch_size=args.batch,
+        model_dtype=args.model_dtype,
         progress=True,
     )
     total = time.perf_counter() - start
     seen = output_size(transforms, (args.size, args.size))
-    limits = {"limit at the picture size": bench.limit(model, args.layer, chunk, args.size)}
+    sizes = {"limit at the picture size": args.size}
     if tuple(seen) != (args.size, args.size):
-        limits[f"limit at the model's {seen[0]} px"] = bench.limit(model, args.layer, chunk, seen)
+        sizes[f"limit at the model's {seen[0]} px"] = seen
+    limits = {
+        name: bench.limit(model, args.layer, chunk, at, args.model_dtype)
+        for name, at in sizes.items()
+    }
     rates = {name: lim.rate(model.params, min(args.steps, 16)) for name, lim in limits.items()}
     steady = n_pictures * args.steps / max(total - result.first_call_seconds, 1e-9)
     overall = n_pictures * args.steps / total
@@ -64,7 +73,8 @@ def main() -> None:
         f"model `{args.model}` layer `{args.layer}`: {len(units)} channels x {args.seeds} seeds x "
         f"{args.steps} steps at {args.size} px = {n_pictures} pictures in {n_chunks} chunk(s) of "
         f"{chunk}; default procedure (fourier + decorrelation, standard({args.transform_scale}), "
-        "adam); limits measured in the same run at the chunk's batch.",
+        f"adam), the model in {args.model_dtype}; limits measured in the same run at the "
+        "chunk's batch, in the same dtype.",
         "",
         "| figure | value |",
         "|---|---:|",

@@ -24,6 +24,7 @@ from fvjax.files import versions
 from fvjax.models import zoo
 from fvjax.models.adapters import Model, as_size
 from fvjax.rendering import cost, objectives
+from fvjax.rendering import step as step_lib
 from fvjax.rendering.cost import abstract
 from fvjax.rendering.engine import render
 
@@ -193,18 +194,36 @@ class Limit(NamedTuple):
         return self.shape[0] * steps / (time.perf_counter() - start)
 
 
-def limit(model: Model, layer: str, batch: int, size: int | tuple[int, int]) -> Limit:
-    """:class:`Limit` of ``model`` at ``layer`` for ``batch`` pictures of ``size``.
+def limit(
+    model: Model,
+    layer: str,
+    batch: int,
+    size: int | tuple[int, int],
+    model_dtype: str = "float32",
+) -> Limit:
+    """:class:`Limit` of ``model`` at ``layer`` for ``batch`` pictures of ``size``, the model
+    computing in ``model_dtype`` as a render's does (``render(..., model_dtype=)``).
 
     The layer's value is an output, as a render's values are: without it XLA may drop the
     layer's own forward pass when the layer is linear (a convolution before its ReLU), since
     the gradient of its mean does not need it. Until 2026-11-30 it was not; that limit ran
-    1.02-1.03x faster on a 4-conv CNN (``benchmarks/vs_lucent.py``'s, 140 px, batch 32)."""
+    1.02-1.03x faster on a 4-conv CNN (``benchmarks/vs_lucent.py``'s, 140 px, batch 32).
+
+    >>> import fvjax
+    >>> model = fvjax.models.from_fn(lambda x: {"sq": x * x})
+    >>> limit(model, "sq", 2, 8, "bfloat16").rate(model.params, 2) > 0
+    True
+    """
+
+    if model_dtype not in step_lib.MODEL_DTYPES:
+        raise ValueError(f"model_dtype must be one of {step_lib.MODEL_DTYPES}, got {model_dtype!r}")
 
     @jax.jit
     def step(params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         def loss(x: jax.Array) -> jax.Array:
-            return model.apply(params, x)[layer].mean()
+            dtype = jnp.dtype(model_dtype)
+            values = model.apply(step_lib.cast_floats(params, dtype), x.astype(dtype))[layer]
+            return values.astype(jnp.float32).mean()
 
         value, grad = jax.value_and_grad(loss)(images)
         return images + grad, value

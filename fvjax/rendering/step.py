@@ -182,6 +182,15 @@ def default_optimizer() -> optax.GradientTransformation:
     return _DEFAULTS["optimizer"]
 
 
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """``tree`` with its floating-point leaves in ``dtype`` (integer leaves as they are)."""
+
+    def cast(x: Any) -> Any:
+        return x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+
 def _model_activations(
     setup: Setup, params: Any, images: Array, layers: Iterable[str], step: Array
 ) -> dict[str, Array]:
@@ -198,11 +207,7 @@ def _model_activations(
         activations = apply(params, images)
         return {name: activations[name] for name in layers}
     dtype = jnp.dtype(setup.model_dtype)
-
-    def cast(x: Any) -> Any:
-        return x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x
-
-    activations = apply(jax.tree.map(cast, params), images.astype(dtype))
+    activations = apply(cast_floats(params, dtype), images.astype(dtype))
     wider = sorted(name for name in layers if activations[name].dtype.itemsize > dtype.itemsize)
     if wider:  # at trace time: once per compiled program
         warnings.warn(
