@@ -2,11 +2,13 @@
 
 In one run, interleaved (rounds of every variant, best round kept), at batch ``B``:
 
-* **limit**: the model's own jitted forward + backward-to-input at ``S`` px: the most any
-  renderer could do per step;
+* **limit**: the model's own jitted forward + backward-to-input at ``S`` px, each picture
+  climbing its own channel (``benchmarking.limit``): the most any renderer could do per step;
 * **limit at S' px**: the same at the size the transforms hand the model (``standard()`` pads
   12 and crops 12 of it: 128 px pictures reach the model at 140 px, 1.2x the pixels), the most
-  a render *with those transforms* could do;
+  a render *with those transforms* could do; and, beside it, that size's limit on the whole
+  layer's mean (the limit until 2026-11-30: XLA makes a linear layer's backward cheaper for
+  it, which no render of channels can get);
 * **fvjax minimal**: ``render`` with the pixel parameterization and no transforms;
 * **fvjax default**: ``render`` with Fourier + colour decorrelation + ``standard(scale)``;
 * **old way**: ``--old-units`` units rendered one at a time (batch 1 per optimization, as
@@ -48,6 +50,7 @@ def main() -> None:
     singles = [O.channel(args.layer, [u]) for u in range(args.old_units)]
     at_size = limit(model, args.layer, args.batch, args.size)
     at_seen = limit(model, args.layer, args.batch, seen)
+    on_mean = limit(model, args.layer, args.batch, seen, objective="mean")
 
     def old_way() -> float:
         rates = [
@@ -59,10 +62,12 @@ def main() -> None:
     names = {
         "limit": f"limit (model fwd+bwd, {args.size} px)",
         "seen": f"limit at {seen[0]} px (what the transforms feed it)",
+        "mean": f"limit at {seen[0]} px on the layer's mean (before 2026-11-30)",
     }
     variants = {
         names["limit"]: lambda: at_size.rate(model.params, args.steps),
         names["seen"]: lambda: at_seen.rate(model.params, args.steps),
+        names["mean"]: lambda: on_mean.rate(model.params, args.steps),
         "fvjax minimal": lambda: render_rate(
             model, batched, args.steps, args.size, **minimal
         ),  # fmt: skip

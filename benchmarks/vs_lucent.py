@@ -13,7 +13,12 @@ decorrelation, pad 12 / jitter 8 / scale / rotate / jitter 4, Adam 0.05):
   ``channel("conv4", u, batch=i)`` objectives, its transforms drawn once for the batch; with its
   default upsampling to 224, and at ``fixed_image_size`` = the size the transforms hand the
   model (as fvjax's model sees it);
-* **limit**: the Flax model's own jitted forward + backward at the size the model sees.
+* **limit**: the Flax model's own jitted forward + backward at the size the model sees, each
+  picture climbing its own channel; and, for the record, the same on the layer's mean (the
+  limit until 2026-11-30, which XLA makes cheaper for this linear layer);
+* **PyTorch's limit**: the same step of the PyTorch twin, where every Lucent row starts from.
+  On our CPU it ran 1.14x (full width) and 1.44x (half width) XLA's: at half width Lucent
+  batched can pass fvjax on the model's speed alone.
 
 Rates are image-steps/s, compile and first calls excluded; best of ``--rounds`` interleaved
 rounds. Prints a table and appends it to ``benchmarks/RESULTS.md`` (not with ``--no-record``).
@@ -102,6 +107,24 @@ def torch_model(found: list):
     return net
 
 
+def torch_limit(net, n: int, size: int, steps: int) -> float:
+    """Image-steps/s of the PyTorch twin's own forward + backward to its input at ``size``,
+    picture ``i`` climbing channel ``i`` (mod the layer's channels), as ``bench.limit`` does."""
+    images = torch.rand(n, 3, size, size, requires_grad=True)
+    rows = torch.arange(n)
+
+    def step() -> None:
+        out = net(images)
+        own = out[rows, rows % out.shape[1]].mean((1, 2)).sum()
+        torch.autograd.grad(own, images)
+
+    step()  # first call apart
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return n * steps / (time.perf_counter() - start)
+
+
 def import_lucent():
     """Lucent's modules, with a stand-in ``torchvision.transforms.Normalize`` if needed."""
     try:
@@ -164,6 +187,7 @@ def main() -> None:
     transforms = T.standard()
     seen = T.output_size(transforms, (args.size, args.size))[0]
     limit = bench.limit(model, "conv4", n, seen)
+    on_mean = bench.limit(model, "conv4", n, seen, objective="mean")
     objective = fvjax.objectives.channel("conv4", units)
 
     def fvjax_run() -> float:
@@ -191,6 +215,12 @@ def main() -> None:
 
     variants = {
         f"limit: the model's fwd+bwd at {seen} px": lambda: limit.rate(model.params, args.steps),
+        "limit on the layer's mean (before 2026-11-30)": lambda: on_mean.rate(
+            model.params, args.steps
+        ),
+        f"limit, PyTorch: the twin's own fwd+bwd at {seen} px": lambda: torch_limit(
+            net, n, seen, args.steps
+        ),
         "fvjax, every unit in one render": fvjax_run,
         f"Lucent batched, model at {seen} px": lambda: lucent_batched(seen),
         "Lucent batched, its default 224 px": lambda: lucent_batched(None),

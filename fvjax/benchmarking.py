@@ -194,38 +194,59 @@ class Limit(NamedTuple):
         return self.shape[0] * steps / (time.perf_counter() - start)
 
 
+#: What the model's own step climbs (:func:`limit`): ``"channel"``, each picture its own
+#: channel's mean, as a render's channel objective asks; ``"mean"``, the whole layer's mean.
+LIMIT_OBJECTIVES = ("channel", "mean")
+
+
 def limit(
     model: Model,
     layer: str,
     batch: int,
     size: int | tuple[int, int],
     model_dtype: str = "float32",
+    objective: str = "channel",
 ) -> Limit:
     """:class:`Limit` of ``model`` at ``layer`` for ``batch`` pictures of ``size``, the model
     computing in ``model_dtype`` as a render's does (``render(..., model_dtype=)``).
 
+    ``objective="channel"``: picture ``i`` climbs channel ``i`` (mod the layer's channels), the
+    gradient a render of channel objectives sends back into the model. ``"mean"``: the whole
+    layer's mean, the limit until 2026-11-30. Its gradient is the same at every position and
+    channel, which XLA turns into a cheaper backward pass when the layer is linear (a
+    convolution before its ReLU); no render can get that. That limit ran 1.03x (full width)
+    and 1.09x (half width) the channel limit on ``benchmarks/vs_lucent.py``'s 4-conv CNN (140
+    px, batch 32, this CPU).
+
     The layer's value is an output, as a render's values are: without it XLA may drop the
-    layer's own forward pass when the layer is linear (a convolution before its ReLU), since
-    the gradient of its mean does not need it. Until 2026-11-30 it was not; that limit ran
-    1.02-1.03x faster on a 4-conv CNN (``benchmarks/vs_lucent.py``'s, 140 px, batch 32).
+    layer's own forward pass when the layer is linear, since the gradient does not need it.
+    Until 2026-11-30 it was not; that limit ran 1.02-1.03x faster on the 4-conv CNN.
 
     >>> import fvjax
     >>> model = fvjax.models.from_fn(lambda x: {"sq": x * x})
     >>> limit(model, "sq", 2, 8, "bfloat16").rate(model.params, 2) > 0
     True
     """
-
     if model_dtype not in step_lib.MODEL_DTYPES:
         raise ValueError(f"model_dtype must be one of {step_lib.MODEL_DTYPES}, got {model_dtype!r}")
+    if objective not in LIMIT_OBJECTIVES:
+        raise ValueError(f"objective must be one of {LIMIT_OBJECTIVES}, got {objective!r}")
+    dtype = jnp.dtype(model_dtype)
 
     @jax.jit
     def step(params: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        def loss(x: jax.Array) -> jax.Array:
-            dtype = jnp.dtype(model_dtype)
+        def loss(x: jax.Array) -> tuple[jax.Array, jax.Array]:
             values = model.apply(step_lib.cast_floats(params, dtype), x.astype(dtype))[layer]
-            return values.astype(jnp.float32).mean()
+            values = values.astype(jnp.float32)
+            if objective == "mean":
+                return values.mean(), values.mean()
+            flat = values.reshape(batch, -1, values.shape[-1])
+            own = jnp.arange(batch) % flat.shape[-1]
+            chosen = (jnp.arange(flat.shape[-1]) == own[:, None]).astype(flat.dtype)
+            means = jnp.einsum("bpc,bc->b", flat, chosen) / flat.shape[1]
+            return means.sum(), means
 
-        value, grad = jax.value_and_grad(loss)(images)
+        grad, value = jax.grad(loss, has_aux=True)(images)
         return images + grad, value
 
     shape = (batch, *as_size(size), 3)
