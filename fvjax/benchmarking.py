@@ -214,9 +214,9 @@ def limit(
     gradient a render of channel objectives sends back into the model. ``"mean"``: the whole
     layer's mean, the limit until 2026-11-30. Its gradient is the same at every position and
     channel, which XLA turns into a cheaper backward pass when the layer is linear (a
-    convolution before its ReLU); no render can get that. That limit ran 1.03x (full width)
-    and 1.09x (half width) the channel limit on ``benchmarks/vs_lucent.py``'s 4-conv CNN (140
-    px, batch 32, this CPU).
+    convolution before its ReLU); no render can get that. On ``benchmarks/vs_lucent.py``'s
+    4-conv CNN (140 px, batch 32, this CPU) that limit ran 1.07-1.10x the channel limit at half
+    width, and 0.96-1.03x (noise) at full width, in three runs.
 
     The layer's value is an output, as a render's values are: without it XLA may drop the
     layer's own forward pass when the layer is linear, since the gradient does not need it.
